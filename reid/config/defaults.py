@@ -1,0 +1,136 @@
+"""Every option of the toolkit, with its default and a one-line comment: the single source of truth.
+
+Experiment files in ``configs/`` override a subset of these keys (and may inherit from another file
+through ``_BASE_``); command-line ``KEY VALUE`` pairs override last. Defaults reproduce BoT
+(reid-strong-baseline) on Market-1501 with a ResNet-50, LFM off.
+"""
+
+from yacs.config import CfgNode as CN
+
+_C = CN()
+
+_C.SEED = 0  # seeds python, numpy and torch; a negative value draws a random seed (logged)
+_C.OUTPUT_DIR = "output/default"  # logs, metrics.jsonl, checkpoints, results.json and pictures go here
+_C.DEVICE = "auto"  # "auto" (CUDA when present, else CPU), "cpu", "cuda" or "cuda:N"
+_C.DETERMINISTIC = False  # torch.use_deterministic_algorithms; slower on CUDA, CPU runs are reproducible anyway
+
+# ---------------------------------------------------------------------------------------------
+_C.MODEL = CN()
+_C.MODEL.BACKBONE = "resnet50"  # a registered backbone: resnet18/34/50/101 (torchvision) or "timm:<name>"
+_C.MODEL.LAST_STRIDE = 1  # stride of the last stage; BoT uses 1 for a 16x8 final map at 256x128
+_C.MODEL.PRETRAINED = True  # start from ImageNet weights (local file only); False trains from scratch
+_C.MODEL.PRETRAINED_PATH = ""  # ImageNet weights file; empty = look in the torch hub cache
+_C.MODEL.PIXEL_MEAN = (0.485, 0.456, 0.406)  # RGB mean in [0, 1]; normalisation happens inside the model
+_C.MODEL.PIXEL_STD = (0.229, 0.224, 0.225)  # RGB std in [0, 1]
+_C.MODEL.POOLING = "avg"  # global pooling: "avg" (BoT) or "gem" (generalised mean, p=3)
+_C.MODEL.NECK = "bnneck"  # "bnneck" (BatchNorm1d, frozen zero bias) or "none"
+_C.MODEL.NECK_FEAT = "after"  # inference feature: "after" (post-BNNeck) or "before" the neck
+_C.MODEL.LOSSES = ("ce", "triplet")  # any of "ce" (label-smoothed ID loss), "triplet", "center"
+
+_C.MODEL.CE = CN()
+_C.MODEL.CE.EPSILON = 0.1  # label-smoothing epsilon; 0 = plain cross-entropy
+_C.MODEL.CE.WEIGHT = 1.0  # weight of the ID loss in the total
+
+_C.MODEL.TRIPLET = CN()
+_C.MODEL.TRIPLET.MARGIN = 0.3  # margin of the batch-hard triplet loss
+_C.MODEL.TRIPLET.SOFT_MARGIN = False  # use log(1 + exp(d_ap - d_an)) instead of a hard margin
+_C.MODEL.TRIPLET.WEIGHT = 1.0  # weight of the triplet loss in the total
+
+_C.MODEL.CENTER = CN()
+_C.MODEL.CENTER.WEIGHT = 5e-4  # weight of the center loss (BoT: 5e-4)
+_C.MODEL.CENTER.LR = 0.5  # learning rate of the centers' own SGD optimizer (BoT: 0.5)
+
+# Train-only regulariser inserted at one backbone stage; this is where LFM lives.
+_C.MODEL.REGULARIZER = CN()
+_C.MODEL.REGULARIZER.NAME = "none"  # "none", "lfm", "dropout", "spatial_dropout", "dropblock"
+_C.MODEL.REGULARIZER.STAGE = "conv1"  # "conv1" (paper), "stem" (after max-pool), "layer1", "layer2" or a module path
+
+_C.MODEL.LFM = CN()
+_C.MODEL.LFM.ENABLED = False  # shorthand for MODEL.REGULARIZER.NAME "lfm"
+_C.MODEL.LFM.PROB = 0.15  # probability that a sample of the batch is masked
+_C.MODEL.LFM.CHANNELS = 32  # channels drawn (with replacement) per masked sample
+_C.MODEL.LFM.CHANNEL_FRACTION = 0.0  # if > 0, draw this fraction of the stage's channels instead of CHANNELS
+_C.MODEL.LFM.AREA = (0.02, 0.4)  # range of a rectangle's area, as a fraction of the feature map
+_C.MODEL.LFM.ASPECT = (0.3, 3.33)  # range of a rectangle's aspect ratio (height / width)
+_C.MODEL.LFM.FILL = "random"  # value in a rectangle: "random" (uniform [0, 1)), "zero" or "mean" (channel mean)
+_C.MODEL.LFM.SHARED_CHANNELS = False  # draw one channel set for the whole batch instead of per sample
+
+_C.MODEL.DROPOUT = CN()
+_C.MODEL.DROPOUT.P = 0.1  # drop probability of "dropout" (elements) and "spatial_dropout" (channels)
+
+_C.MODEL.DROPBLOCK = CN()
+_C.MODEL.DROPBLOCK.BLOCK_SIZE = 7  # side of a dropped square block, in feature-map cells
+_C.MODEL.DROPBLOCK.KEEP_PROB = 0.9  # expected fraction of activations kept
+
+# ---------------------------------------------------------------------------------------------
+_C.INPUT = CN()
+_C.INPUT.SIZE_TRAIN = (256, 128)  # (height, width) of training images
+_C.INPUT.SIZE_TEST = (256, 128)  # (height, width) of test images
+_C.INPUT.FLIP_PROB = 0.5  # probability of a horizontal flip
+_C.INPUT.PADDING = 10  # zero padding before the random crop back to SIZE_TRAIN; 0 disables
+_C.INPUT.RE_PROB = 0.5  # probability of random erasing (input-level, filled with the pixel mean)
+_C.INPUT.RE_AREA = (0.02, 0.4)  # random erasing area range, fraction of the image
+
+# ---------------------------------------------------------------------------------------------
+_C.DATASETS = CN()
+_C.DATASETS.ROOT = "datasets"  # folder holding market1501/, DukeMTMC-reID/, MSMT17/, synthetic_*/
+_C.DATASETS.TRAIN = ("market1501",)  # registered dataset names whose train subsets are merged
+_C.DATASETS.TEST = ("market1501",)  # every dataset evaluated (query vs gallery) after training and by tools/test.py
+
+_C.DATALOADER = CN()
+_C.DATALOADER.NUM_WORKERS = 4  # loader processes; 0 loads in the main process
+_C.DATALOADER.SAMPLER = "pk"  # "pk" (P identities x K images, needed by triplet) or "random"
+_C.DATALOADER.NUM_INSTANCE = 4  # K: images per identity in a batch; P = IMS_PER_BATCH / K
+
+# ---------------------------------------------------------------------------------------------
+_C.SOLVER = CN()
+_C.SOLVER.OPTIMIZER = "adam"  # "adam", "adamw" or "sgd"
+_C.SOLVER.BASE_LR = 3.5e-4  # peak learning rate (after warm-up)
+_C.SOLVER.MOMENTUM = 0.9  # SGD momentum
+_C.SOLVER.NESTEROV = False  # SGD Nesterov momentum
+_C.SOLVER.WEIGHT_DECAY = 5e-4  # weight decay of conv/linear weights
+_C.SOLVER.WEIGHT_DECAY_NORM = 5e-4  # weight decay of normalisation-layer parameters
+_C.SOLVER.WEIGHT_DECAY_BIAS = 5e-4  # weight decay of biases
+_C.SOLVER.BIAS_LR_FACTOR = 1.0  # lr multiplier of biases (BoT: 1; detectron2 often 2)
+_C.SOLVER.SCHED = "multistep"  # "multistep" (BoT) or "cosine"
+_C.SOLVER.STEPS = (40, 70)  # multistep: epochs where the lr is multiplied by GAMMA
+_C.SOLVER.GAMMA = 0.1  # multistep decay factor
+_C.SOLVER.MIN_LR_FACTOR = 0.0  # cosine: final lr as a fraction of BASE_LR
+_C.SOLVER.WARMUP_EPOCHS = 10  # linear warm-up length in epochs, stepped per iteration; 0 disables
+_C.SOLVER.WARMUP_FACTOR = 0.01  # warm-up starts at BASE_LR * WARMUP_FACTOR
+_C.SOLVER.MAX_EPOCHS = 120  # training length
+_C.SOLVER.IMS_PER_BATCH = 64  # images per optimisation step, summed over all processes
+_C.SOLVER.AMP = True  # mixed precision on CUDA (ignored on CPU, which trains in fp32)
+_C.SOLVER.AMP_DTYPE = "bf16"  # "bf16" or "fp16" (fp16 uses a gradient scaler)
+_C.SOLVER.CHANNELS_LAST = True  # channels_last memory format on CUDA
+_C.SOLVER.CHECKPOINT_PERIOD = 10  # save a numbered checkpoint every N epochs (last.pth is saved every epoch)
+_C.SOLVER.LOG_PERIOD = 20  # log a status line every N iterations
+_C.SOLVER.GRAD_CLIP = 0.0  # clip the gradient norm to this value; 0 disables
+
+# ---------------------------------------------------------------------------------------------
+_C.TEST = CN()
+_C.TEST.IMS_PER_BATCH = 128  # images per batch when extracting features
+_C.TEST.EVAL_PERIOD = 10  # evaluate every N epochs during training (and always at the end); 0 = only at the end
+_C.TEST.METRIC = "cosine"  # "cosine" or "euclidean"
+_C.TEST.FEAT_NORM = True  # L2-normalise features before matching (and in exported models)
+_C.TEST.FLIP = False  # average the features of an image and its horizontal flip
+_C.TEST.RERANK = False  # also report k-reciprocal re-ranking (Zhong et al., CVPR 2017)
+_C.TEST.RERANK_K1 = 20  # re-ranking k1
+_C.TEST.RERANK_K2 = 6  # re-ranking k2
+_C.TEST.RERANK_LAMBDA = 0.3  # re-ranking weight of the original distance
+_C.TEST.MAX_RANK = 50  # length of the CMC curve
+_C.TEST.BEST_METRIC = "mAP"  # "mAP", "R1" or "mINP": keeps best.pth by this metric on the first test dataset
+_C.TEST.WEIGHTS = ""  # checkpoint evaluated by tools/test.py when --weights is not given
+
+# Adversarial robustness of the query set (tools/attack.py and the study).
+_C.TEST.ATTACK = CN()
+_C.TEST.ATTACK.NAME = ""  # "", "fgsm", "ifgsm", "mifgsm" or "pgd"
+_C.TEST.ATTACK.EPS = (2.0, 4.0, 8.0)  # L-inf budgets, in 1/255 units of the [0, 1] image range
+_C.TEST.ATTACK.STEPS = 10  # iterations of the iterative attacks
+_C.TEST.ATTACK.OBJECTIVE = "feature"  # "feature" (away from its clean feature) or "metric" (away from true matches)
+_C.TEST.ATTACK.SEED = 0  # seed of random starts, so the adversarial set is reproducible
+
+
+def get_cfg_defaults() -> CN:
+    """A fresh, mutable copy of the defaults."""
+    return _C.clone()

@@ -1,0 +1,231 @@
+"""Loading experiment files (with ``_BASE_`` inheritance) and ``KEY VALUE`` overrides, with clear errors.
+
+yacs alone raises bare ``KeyError``/``ValueError``; here an unknown key or a wrongly typed value
+becomes a :class:`ConfigError` naming the key, the file and the closest valid key.
+"""
+
+from __future__ import annotations
+
+import ast
+import difflib
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import yaml
+from yacs.config import CfgNode as CN
+
+from reid.config.defaults import get_cfg_defaults
+from reid.utils.errors import ConfigError
+
+BASE_KEY = "_BASE_"
+CONFIGS_DIR = Path(__file__).resolve().parents[2] / "configs"
+
+
+def resolve_config_path(name: str | Path) -> Path:
+    """A path as given, or a bare file name (with or without ``.yml``) found under ``configs/``."""
+    path = Path(name)
+    candidates = [path]
+    if not path.is_absolute():
+        candidates += [CONFIGS_DIR / path, CONFIGS_DIR / path.with_suffix(".yml")]
+        candidates += sorted(CONFIGS_DIR.rglob(path.name))
+    for candidate in candidates:
+        if candidate.is_file():
+            return candidate
+    known = sorted(p.relative_to(CONFIGS_DIR).as_posix() for p in CONFIGS_DIR.rglob("*.yml"))
+    close = difflib.get_close_matches(path.name, known, n=1)
+    hint = f" Did you mean {close[0]!r}?" if close else ""
+    raise ConfigError(
+        f"Config file {str(name)!r} not found, neither as a path nor under {CONFIGS_DIR}.{hint} "
+        f"Available configs: {', '.join(known) or 'none'}."
+    )
+
+
+def _read_yaml(path: Path, chain: tuple[Path, ...] = ()) -> dict:
+    """The file's mapping with its ``_BASE_`` chain merged underneath (later files win)."""
+    if path in chain:
+        raise ConfigError(f"Config {path} inherits from itself through _BASE_ ({' -> '.join(map(str, chain))}).")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise ConfigError(f"Cannot read config file {path}: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"Config file {path} must hold a mapping of keys to values, not {type(data).__name__}.")
+    base = data.pop(BASE_KEY, None)
+    if base is None:
+        return data
+    base_path = (path.parent / base) if not Path(base).is_absolute() else Path(base)
+    if not base_path.is_file():
+        base_path = resolve_config_path(base)
+    merged = _read_yaml(base_path.resolve(), chain + (path,))
+    _deep_update(merged, data)
+    return merged
+
+
+def _deep_update(dst: dict, src: dict) -> None:
+    for key, value in src.items():
+        if isinstance(value, dict) and isinstance(dst.get(key), dict):
+            _deep_update(dst[key], value)
+        else:
+            dst[key] = value
+
+
+def _all_keys(node: CN, prefix: str = "") -> list[str]:
+    keys = []
+    for key, value in node.items():
+        full = f"{prefix}{key}"
+        keys.append(full)
+        if isinstance(value, CN):
+            keys += _all_keys(value, full + ".")
+    return keys
+
+
+def _coerce(key: str, value: Any, default: Any, source: str) -> Any:
+    """``value`` converted to the type of ``default``, or a ConfigError that says what was expected."""
+    if isinstance(value, str) and not isinstance(default, str):
+        try:
+            value = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            pass
+    if isinstance(default, bool):
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false"):
+            return value.lower() == "true"
+    elif isinstance(default, float) and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    elif isinstance(default, int) and isinstance(value, int) and not isinstance(value, bool):
+        return value
+    elif isinstance(default, str) and isinstance(value, str):
+        return value
+    elif isinstance(default, (tuple, list)):
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool) and all(
+            isinstance(d, type(value)) for d in default
+        ):
+            value = (value,)  # a single name for a list of names: DATASETS.TEST market1501
+        if isinstance(value, (tuple, list)):
+            if default and isinstance(default[0], float):
+                value = [float(v) if isinstance(v, int) and not isinstance(v, bool) else v for v in value]
+            return tuple(value)
+    raise ConfigError(
+        f"Config key {key} ({source}) expects a {type(default).__name__} like {default!r}, got {value!r} "
+        f"({type(value).__name__})."
+    )
+
+
+def _merge(cfg: CN, updates: dict, source: str, prefix: str = "") -> None:
+    for key, value in updates.items():
+        full = f"{prefix}{key}"
+        if key not in cfg:
+            close = difflib.get_close_matches(full, _all_keys(get_cfg_defaults()), n=1, cutoff=0.5)
+            hint = f" The closest valid key is {close[0]}." if close else ""
+            raise ConfigError(
+                f"Unknown config key {full} ({source}).{hint} "
+                "Every valid key, with its meaning, is listed in reid/config/defaults.py."
+            )
+        default = cfg[key]
+        if isinstance(default, CN):
+            if not isinstance(value, dict):
+                raise ConfigError(f"Config key {full} ({source}) is a group of options; give it a mapping, not {value!r}.")
+            _merge(default, value, source, full + ".")
+        else:
+            cfg[key] = _coerce(full, value, default, source)
+
+
+def overrides_to_dict(opts: Sequence[str]) -> dict:
+    """``["SOLVER.MAX_EPOCHS", "2", ...]`` as a nested dict of raw values."""
+    if len(opts) % 2:
+        raise ConfigError(
+            f"Overrides must come in KEY VALUE pairs; got an odd number of words: {' '.join(opts)}. "
+            "Quote values holding spaces, e.g. DATASETS.TEST \"('market1501', 'dukemtmc')\"."
+        )
+    nested: dict = {}
+    for key, value in zip(opts[0::2], opts[1::2]):
+        node = nested
+        parts = key.split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+        node[parts[-1]] = value
+    return nested
+
+
+def load_config(config: str | Path | None = None, opts: Iterable[str] = (), freeze: bool = True) -> CN:
+    """Defaults, then the experiment file (and its bases), then ``KEY VALUE`` overrides."""
+    cfg = get_cfg_defaults()
+    if config:
+        path = resolve_config_path(config)
+        _merge(cfg, _read_yaml(path.resolve()), source=f"in {path}")
+    opts = list(opts)
+    if opts:
+        _merge(cfg, overrides_to_dict(opts), source="on the command line")
+    finalize_config(cfg)
+    if freeze:
+        cfg.freeze()
+    return cfg
+
+
+def finalize_config(cfg: CN) -> None:
+    """Resolve shorthands and check cross-key constraints once, so every consumer sees one truth."""
+    reg = cfg.MODEL.REGULARIZER
+    if cfg.MODEL.LFM.ENABLED:
+        if reg.NAME not in ("none", "lfm"):
+            raise ConfigError(
+                f"MODEL.LFM.ENABLED is True but MODEL.REGULARIZER.NAME is {reg.NAME!r}: one stage holds one "
+                "regulariser. Set MODEL.LFM.ENABLED False or MODEL.REGULARIZER.NAME lfm."
+            )
+        reg.NAME = "lfm"
+    choices = {
+        "MODEL.REGULARIZER.NAME": (reg.NAME, ("none", "lfm", "dropout", "spatial_dropout", "dropblock")),
+        "MODEL.NECK": (cfg.MODEL.NECK, ("bnneck", "none")),
+        "MODEL.NECK_FEAT": (cfg.MODEL.NECK_FEAT, ("after", "before")),
+        "MODEL.POOLING": (cfg.MODEL.POOLING, ("avg", "gem")),
+        "MODEL.LFM.FILL": (cfg.MODEL.LFM.FILL, ("random", "zero", "mean")),
+        "SOLVER.OPTIMIZER": (cfg.SOLVER.OPTIMIZER, ("adam", "adamw", "sgd")),
+        "SOLVER.SCHED": (cfg.SOLVER.SCHED, ("multistep", "cosine")),
+        "SOLVER.AMP_DTYPE": (cfg.SOLVER.AMP_DTYPE, ("bf16", "fp16")),
+        "DATALOADER.SAMPLER": (cfg.DATALOADER.SAMPLER, ("pk", "random")),
+        "TEST.METRIC": (cfg.TEST.METRIC, ("cosine", "euclidean")),
+        "TEST.BEST_METRIC": (cfg.TEST.BEST_METRIC, ("mAP", "R1", "mINP")),
+        "TEST.ATTACK.NAME": (cfg.TEST.ATTACK.NAME, ("", "fgsm", "ifgsm", "mifgsm", "pgd")),
+        "TEST.ATTACK.OBJECTIVE": (cfg.TEST.ATTACK.OBJECTIVE, ("feature", "metric")),
+    }
+    for key, (value, allowed) in choices.items():
+        if value not in allowed:
+            close = difflib.get_close_matches(str(value), allowed, n=1)
+            hint = f" Did you mean {close[0]!r}?" if close else ""
+            raise ConfigError(f"Config key {key} is {value!r}; expected one of {', '.join(map(repr, allowed))}.{hint}")
+    for loss in cfg.MODEL.LOSSES:
+        if loss not in ("ce", "triplet", "center"):
+            raise ConfigError(f"MODEL.LOSSES holds {loss!r}; expected any of 'ce', 'triplet', 'center'.")
+    if not cfg.MODEL.LOSSES:
+        raise ConfigError("MODEL.LOSSES is empty; give at least one of 'ce', 'triplet', 'center'.")
+    if cfg.DATALOADER.SAMPLER == "pk" and cfg.SOLVER.IMS_PER_BATCH % cfg.DATALOADER.NUM_INSTANCE:
+        raise ConfigError(
+            f"SOLVER.IMS_PER_BATCH ({cfg.SOLVER.IMS_PER_BATCH}) must be a multiple of DATALOADER.NUM_INSTANCE "
+            f"({cfg.DATALOADER.NUM_INSTANCE}) for the PK sampler."
+        )
+    for key in ("INPUT.SIZE_TRAIN", "INPUT.SIZE_TEST"):
+        size = cfg.INPUT.SIZE_TRAIN if key.endswith("TRAIN") else cfg.INPUT.SIZE_TEST
+        if len(size) != 2 or min(size) <= 0:
+            raise ConfigError(f"Config key {key} must be (height, width) with positive sides, got {tuple(size)}.")
+
+
+def save_config(cfg: CN, path: str | Path) -> Path:
+    """Write the final config as yml (readable by ``--config``) so every output records how it was made."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(cfg.dump())
+    return path
+
+
+def config_from_dict(data: dict) -> CN:
+    """Rebuild a config from a saved mapping (e.g. inside a checkpoint), validating every key."""
+    cfg = get_cfg_defaults()
+    _merge(cfg, data, source="stored with the weights")
+    finalize_config(cfg)
+    cfg.freeze()
+    return cfg
+
+
+def config_to_dict(cfg: CN) -> dict:
+    """A plain, picklable-by-json mapping of the config (tuples become lists)."""
+    return yaml.safe_load(cfg.dump())

@@ -1,0 +1,110 @@
+"""``train(cfg)``: everything ``tools/train.py`` does, usable from Python."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import torch
+from yacs.config import CfgNode
+
+from reid.config import save_config
+from reid.data import build_train_loader, check_datasets
+from reid.engine.hooks import Checkpointer, PeriodicEvaluator, ProgressLogger
+from reid.engine.trainer import Trainer
+from reid.modeling import ReIDLoss, build_model
+from reid.solver import build_center_optimizer, build_lr_scheduler, build_optimizer
+from reid.utils import comm
+from reid.utils.checkpoint import load_checkpoint, set_rng_state
+from reid.utils.env import resolve_device, seed_everything
+from reid.utils.errors import CheckpointError
+from reid.utils.logger import setup_logger
+
+logger = logging.getLogger("reid.engine")
+
+
+def setup_run(cfg: CfgNode) -> torch.device:
+    """Join DDP if launched by torchrun, set up logging to OUTPUT_DIR and save the final config there."""
+    comm.init_distributed_from_env()
+    setup_logger(cfg.OUTPUT_DIR, comm.get_rank())
+    device = comm.local_device(resolve_device(cfg.DEVICE))
+    if cfg.DETERMINISTIC:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+    if comm.is_main_process():
+        save_config(cfg, Path(cfg.OUTPUT_DIR) / "config.yaml")
+    return device
+
+
+def train(cfg: CfgNode, resume: bool = False) -> dict:
+    """Train with the configured model, losses and schedule; return the final evaluation results."""
+    device = setup_run(cfg)
+    logger.info(f"Training on {device} ({comm.get_world_size()} process(es)); outputs in {cfg.OUTPUT_DIR}")
+    # Every dataset the run will touch is checked now, not after hours of training.
+    check_datasets(tuple(cfg.DATASETS.TRAIN) + tuple(cfg.DATASETS.TEST), cfg.DATASETS.ROOT)
+    seed_everything(cfg.SEED)
+
+    data = build_train_loader(cfg, comm.get_rank(), comm.get_world_size())
+    model = build_model(cfg, data.num_classes).to(device)
+    if device.type == "cuda" and cfg.SOLVER.CHANNELS_LAST:
+        model = model.to(memory_format=torch.channels_last)
+    criterion = ReIDLoss(cfg, data.num_classes, model.feat_dim).to(device)
+    optimizer = build_optimizer(cfg, model)
+    center_optimizer = build_center_optimizer(cfg, criterion.center)
+    scheduler = build_lr_scheduler(cfg, optimizer, len(data.loader))
+
+    checkpointer = Checkpointer(cfg.OUTPUT_DIR, cfg.SOLVER.CHECKPOINT_PERIOD)
+    evaluator = PeriodicEvaluator(lambda m: _evaluate(cfg, m, device), cfg.TEST.EVAL_PERIOD,
+                                  cfg.TEST.BEST_METRIC, checkpointer, cfg.OUTPUT_DIR)
+    trainer = Trainer(cfg, model, criterion, optimizer, scheduler, data.loader, data.sampler, device,
+                      center_optimizer, hooks=[ProgressLogger(cfg.OUTPUT_DIR, cfg.SOLVER.LOG_PERIOD,
+                                                              cfg.SOLVER.IMS_PER_BATCH),
+                                               evaluator, checkpointer])
+    trainer.num_classes = data.num_classes
+    if resume:
+        _resume(trainer, Path(cfg.OUTPUT_DIR) / "last.pth")
+
+    if comm.get_world_size() > 1:
+        trainer.model = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None)
+    trainer.train()
+
+    results = evaluator.results or {}
+    if comm.is_main_process():
+        summary = {"results": results, "best": getattr(trainer, "best", None), "epochs": trainer.epoch + 1,
+                   "last_checkpoint": trainer.last_checkpoint}
+        (Path(cfg.OUTPUT_DIR) / "results.json").write_text(json.dumps(summary, indent=2))
+    return results
+
+
+def _evaluate(cfg: CfgNode, model: torch.nn.Module, device: torch.device) -> dict:
+    from reid.evaluation.evaluator import evaluate_datasets
+
+    return evaluate_datasets(cfg, model, device)
+
+
+def _resume(trainer: Trainer, path: Path) -> None:
+    """Restore model, optimizers, schedule, scaler, counters and RNG from ``last.pth``."""
+    if not path.is_file():
+        logger.info(f"--resume: no checkpoint at {path}, starting from scratch.")
+        return
+    state = load_checkpoint(path)
+    try:
+        trainer.model.load_state_dict(state["model"])
+        trainer.criterion.load_state_dict(state["criterion"])
+        trainer.optimizer.load_state_dict(state["optimizer"])
+        if trainer.center_optimizer is not None and state.get("center_optimizer"):
+            trainer.center_optimizer.load_state_dict(state["center_optimizer"])
+        trainer.scheduler.load_state_dict(state["scheduler"])
+        trainer.scaler.load_state_dict(state["scaler"])
+    except (RuntimeError, KeyError, ValueError) as exc:
+        raise CheckpointError(
+            f"Cannot resume from {path}: it does not match this config ({str(exc).splitlines()[0]}). Resume with "
+            "the config the run was started with (OUTPUT_DIR/config.yaml), or use another OUTPUT_DIR."
+        ) from exc
+    set_rng_state(state["rng"])
+    trainer.start_epoch = state["epoch"]
+    trainer.iter = state["iteration"]
+    trainer.best = state.get("best")
+    trainer.last_checkpoint = str(path)
+    logger.info(f"Resumed from {path} at epoch {state['epoch']} (iteration {state['iteration']}).")

@@ -1,0 +1,108 @@
+"""Feature extraction and query/gallery evaluation of a model on every dataset in DATASETS.TEST."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+from torch import nn
+from yacs.config import CfgNode
+
+from reid.data import build_test_loader
+from reid.evaluation.rank import RankResult, evaluate_features
+from reid.evaluation.rerank import re_ranking
+
+logger = logging.getLogger("reid.evaluation")
+
+
+@dataclass
+class ExtractedFeatures:
+    """Features of a test loader (query first, then gallery) with their labels and files."""
+
+    features: torch.Tensor
+    pids: torch.Tensor
+    camids: torch.Tensor
+    paths: list[str]
+    num_query: int
+
+    def split(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        q = self.num_query
+        return (self.features[:q], self.features[q:], self.pids[:q], self.pids[q:],
+                self.camids[:q], self.camids[q:])
+
+
+@torch.no_grad()
+def extract_features(model: nn.Module, loader, device: torch.device | str, flip: bool = False,
+                     desc: str = "extract") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[str]]:
+    """Inference features of every image (kept on ``device``), optionally averaged with the mirror image."""
+    model.eval()
+    device = torch.device(device)
+    use_amp = device.type == "cuda"
+    feats, pids, camids, paths = [], [], [], []
+    total, start, last_log = len(loader.dataset), time.perf_counter(), 0.0
+    for batch in loader:
+        images = batch["images"].to(device, non_blocking=True)
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_amp):
+            f = model(images).float()
+            if flip:
+                f = (f + model(images.flip(3)).float()) / 2
+        feats.append(f)
+        pids.append(batch["pids"])
+        camids.append(batch["camids"])
+        paths.extend(batch["paths"])
+        elapsed = time.perf_counter() - start
+        if elapsed - last_log > 10 or len(paths) == total:
+            last_log = elapsed
+            logger.info(f"{desc}: {len(paths)}/{total} images, {len(paths) / max(elapsed, 1e-9):.0f} img/s")
+    return torch.cat(feats), torch.cat(pids), torch.cat(camids), paths
+
+
+def extract_test_features(cfg: CfgNode, model: nn.Module, dataset: str, device: torch.device | str) -> ExtractedFeatures:
+    """Query and gallery features of one dataset."""
+    data = build_test_loader(cfg, dataset)
+    f, pids, camids, paths = extract_features(model, data.loader, device, cfg.TEST.FLIP, desc=dataset)
+    return ExtractedFeatures(f, pids, camids, paths, data.num_query)
+
+
+def evaluate_extracted(cfg: CfgNode, extracted: ExtractedFeatures, rerank: bool | None = None) -> dict[str, RankResult]:
+    """``{"plain": result}`` plus ``"rerank"`` when TEST.RERANK (or ``rerank``) asks for it."""
+    qf, gf, q_pids, g_pids, q_camids, g_camids = extracted.split()
+    results = {"plain": evaluate_features(qf, gf, q_pids, g_pids, q_camids, g_camids, metric=cfg.TEST.METRIC,
+                                          normalize=cfg.TEST.FEAT_NORM, max_rank=cfg.TEST.MAX_RANK)}
+    if cfg.TEST.RERANK if rerank is None else rerank:
+        if cfg.TEST.FEAT_NORM:
+            qf, gf = nn.functional.normalize(qf, dim=1), nn.functional.normalize(gf, dim=1)
+        dist = re_ranking(qf, gf, k1=cfg.TEST.RERANK_K1, k2=cfg.TEST.RERANK_K2, lambda_value=cfg.TEST.RERANK_LAMBDA)
+        from reid.evaluation.rank import evaluate_rank
+
+        results["rerank"] = evaluate_rank(dist, q_pids, g_pids, q_camids, g_camids, max_rank=cfg.TEST.MAX_RANK)
+    return results
+
+
+def evaluate_datasets(cfg: CfgNode, model: nn.Module, device: torch.device | str,
+                      names: Sequence[str] | None = None) -> dict[str, dict[str, float]]:
+    """R1/R5/R10/mAP/mINP per dataset (and ``rerank_*`` keys with TEST.RERANK), logged as a table."""
+    table: dict[str, dict[str, float]] = {}
+    for name in names or cfg.DATASETS.TEST:
+        extracted = extract_test_features(cfg, model, name, device)
+        results = evaluate_extracted(cfg, extracted)
+        row = results["plain"].as_dict()
+        if "rerank" in results:
+            row.update({f"rerank_{k}": v for k, v in results["rerank"].as_dict().items()})
+        table[name] = row
+    logger.info("\n" + format_results_table(table))
+    return table
+
+
+def format_results_table(table: dict[str, dict[str, float]]) -> str:
+    """A Markdown table, one row per dataset (and per re-ranked variant), metrics in percent."""
+    cols = ["R1", "R5", "R10", "mAP", "mINP"]
+    lines = ["| dataset | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
+    for name, row in table.items():
+        lines.append(f"| {name} | " + " | ".join(f"{100 * row[c]:.1f}" for c in cols) + " |")
+        if "rerank_R1" in row:
+            lines.append(f"| {name} (re-ranked) | " + " | ".join(f"{100 * row['rerank_' + c]:.1f}" for c in cols) + " |")
+    return "\n".join(lines)

@@ -1,0 +1,100 @@
+"""CNN backbones that return a feature map, found by name through a registry.
+
+ResNets come from torchvision (``resnet50``) or timm (``timm:resnet50``); any other timm CNN works as
+``timm:<name>``. The network is kept whole under ``self.body`` so standard ImageNet state dicts load
+with a prefix added, and the config's stage names (``conv1``, ``stem``, ...) address its modules.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from torch import nn
+
+from reid.utils.errors import ReIDError
+from reid.utils.registry import Registry
+
+BACKBONE_REGISTRY = Registry("backbone")
+
+# Config placement names -> module paths inside a torchvision or timm ResNet.
+RESNET_STAGES = {"conv1": "conv1", "stem": "maxpool", "layer1": "layer1", "layer2": "layer2", "layer3": "layer3"}
+
+
+class Backbone(nn.Module):
+    """A feature extractor: ``forward(x) -> (N, out_channels, h, w)``; ``body`` is the wrapped network."""
+
+    def __init__(self, body: nn.Module, out_channels: int, arch: str, stages: dict[str, str] | None = None) -> None:
+        super().__init__()
+        self.body = body
+        self.out_channels = out_channels
+        self.arch = arch
+        self.stages = stages or {}
+
+    def stage_path(self, stage: str) -> str:
+        """The module path inside ``body`` for a config placement name or an explicit module path."""
+        return self.stages.get(stage, stage)
+
+
+class TorchvisionResNet(Backbone):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b = self.body
+        x = b.maxpool(b.relu(b.bn1(b.conv1(x))))
+        return b.layer4(b.layer3(b.layer2(b.layer1(x))))
+
+
+class TimmBackbone(Backbone):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body.forward_features(x)
+
+
+def set_last_stride(resnet: nn.Module, stride: int) -> None:
+    """Change the stride of a ResNet's last stage (BoT: 1) without dilation, for torchvision and timm."""
+    block = resnet.layer4[0]
+    conv = block.conv2 if hasattr(block, "conv3") else block.conv1  # bottleneck vs basic block
+    conv.stride = (stride, stride)
+    if block.downsample is not None:
+        for module in block.downsample.modules():
+            if isinstance(module, nn.Conv2d):
+                module.stride = (stride, stride)
+            elif isinstance(module, nn.AvgPool2d):  # timm "d" variants downsample with a pool
+                module.stride = stride
+                module.kernel_size = stride if stride > 1 else 1
+
+
+def _torchvision_resnet(arch: str) -> Callable[..., Backbone]:
+    def build(last_stride: int = 1) -> Backbone:
+        import torchvision
+
+        body = getattr(torchvision.models, arch)(weights=None)
+        out_channels = body.fc.in_features
+        del body.fc, body.avgpool  # the head pools and classifies; keeping them would waste parameters
+        set_last_stride(body, last_stride)
+        return TorchvisionResNet(body, out_channels, arch, RESNET_STAGES)
+
+    return build
+
+
+for _arch in ("resnet18", "resnet34", "resnet50", "resnet101"):
+    BACKBONE_REGISTRY.register(_arch)(_torchvision_resnet(_arch))
+
+
+def build_timm_backbone(name: str, last_stride: int = 1) -> Backbone:
+    """Any timm CNN without classifier or pooling; ResNet-like ones get BoT's last stride."""
+    import timm
+
+    try:
+        body = timm.create_model(name, pretrained=False, num_classes=0, global_pool="")
+    except RuntimeError as exc:  # timm raises RuntimeError for unknown model names
+        raise ReIDError(f"timm has no model {name!r} (MODEL.BACKBONE 'timm:{name}'): {exc}") from exc
+    is_resnet = hasattr(body, "layer4") and hasattr(body, "conv1")
+    if is_resnet:
+        set_last_stride(body, last_stride)
+    return TimmBackbone(body, body.num_features, name, RESNET_STAGES if is_resnet else {})
+
+
+def build_backbone(name: str, last_stride: int = 1) -> Backbone:
+    """``resnet50`` (torchvision) or ``timm:<model>``."""
+    if name.startswith("timm:"):
+        return build_timm_backbone(name.split(":", 1)[1], last_stride)
+    return BACKBONE_REGISTRY.get(name)(last_stride=last_stride)

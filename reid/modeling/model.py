@@ -1,0 +1,75 @@
+"""The ReID model: pixel normalisation, backbone (with its train-only regulariser) and BNNeck head.
+
+Normalisation lives inside the model (as in fast-reid) so an exported model takes raw RGB pixels in
+[0, 1] and deployment code only resizes. The regulariser (LFM by default in the lfm configs) is a
+submodule hooked after one backbone stage; it is the identity in eval mode, so inference, export
+and attacks see the plain network.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from torch import nn
+from yacs.config import CfgNode
+
+from reid.modeling.backbones import Backbone, build_backbone
+from reid.modeling.heads import BNNeckHead
+from reid.modeling.pretrained import load_pretrained
+from reid.modeling.regularizers import attach_at_stage, build_regularizer
+
+
+class ReIDModel(nn.Module):
+    """``forward(images)``: images are float RGB in [0, 1], shape (N, 3, H, W).
+
+    Training mode returns the head's dict (``logits``, ``feat``, ``bn_feat``); eval mode returns the
+    inference feature (N, D).
+    """
+
+    def __init__(self, backbone: Backbone, head: BNNeckHead, pixel_mean: Sequence[float],
+                 pixel_std: Sequence[float]) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.head = head
+        self.register_buffer("pixel_mean", torch.tensor(pixel_mean).view(1, -1, 1, 1), persistent=False)
+        self.register_buffer("pixel_std", torch.tensor(pixel_std).view(1, -1, 1, 1), persistent=False)
+
+    @property
+    def feat_dim(self) -> int:
+        return self.backbone.out_channels
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor | dict[str, torch.Tensor | None]:
+        x = (images - self.pixel_mean) / self.pixel_std
+        return self.head(self.backbone(x))
+
+
+def build_regularizer_from_config(cfg: CfgNode, backbone: Backbone) -> nn.Module | None:
+    """The configured train-only regulariser, or None for ``none``."""
+    name = cfg.MODEL.REGULARIZER.NAME
+    if name == "none":
+        return None
+    if name == "lfm":
+        lfm = cfg.MODEL.LFM
+        channels = lfm.CHANNEL_FRACTION if lfm.CHANNEL_FRACTION > 0 else lfm.CHANNELS
+        return build_regularizer("lfm", prob=lfm.PROB, channels=channels, area=tuple(lfm.AREA),
+                                 aspect=tuple(lfm.ASPECT), fill=lfm.FILL, shared_channels=lfm.SHARED_CHANNELS)
+    if name in ("dropout", "spatial_dropout"):
+        return build_regularizer(name, p=cfg.MODEL.DROPOUT.P)
+    return build_regularizer(name, block_size=cfg.MODEL.DROPBLOCK.BLOCK_SIZE, keep_prob=cfg.MODEL.DROPBLOCK.KEEP_PROB)
+
+
+def build_model(cfg: CfgNode, num_classes: int, load_imagenet: bool | None = None) -> ReIDModel:
+    """Build the configured model; ``num_classes=0`` builds it without classifier (feature extraction).
+
+    ImageNet weights are loaded when ``MODEL.PRETRAINED`` (override with ``load_imagenet``), e.g. not
+    when a trained checkpoint is about to be loaded anyway.
+    """
+    backbone = build_backbone(cfg.MODEL.BACKBONE, cfg.MODEL.LAST_STRIDE)
+    if cfg.MODEL.PRETRAINED if load_imagenet is None else load_imagenet:
+        load_pretrained(backbone, cfg.MODEL.PRETRAINED_PATH)
+    regularizer = build_regularizer_from_config(cfg, backbone)
+    if regularizer is not None:
+        attach_at_stage(backbone.body, backbone.stage_path(cfg.MODEL.REGULARIZER.STAGE), regularizer)
+    head = BNNeckHead(backbone.out_channels, num_classes, cfg.MODEL.POOLING, cfg.MODEL.NECK, cfg.MODEL.NECK_FEAT)
+    return ReIDModel(backbone, head, cfg.MODEL.PIXEL_MEAN, cfg.MODEL.PIXEL_STD)

@@ -1,0 +1,31 @@
+"""Entry-point plumbing: user errors become one clear paragraph and a non-zero exit."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import textwrap
+from typing import Callable
+
+from reid.utils.errors import ReIDError
+
+
+def run_cli(main: Callable[[], object]) -> None:
+    """Run ``main``; a ReIDError prints its message (no traceback) and exits with its code."""
+    try:
+        main()
+    except ReIDError as exc:
+        print("\nError: " + textwrap.fill(str(exc), width=100, subsequent_indent="  "), file=sys.stderr)
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        print("\nInterrupted.", file=sys.stderr)
+        sys.exit(130)
+
+
+def add_config_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """``--config NAME`` plus trailing ``KEY VALUE`` overrides, shared by every tool."""
+    parser.add_argument("--config", "-c", default=None,
+                        help="experiment file: a path, or a name found in configs/ (e.g. lfm_market.yml)")
+    parser.add_argument("opts", nargs=argparse.REMAINDER,
+                        help="config overrides as KEY VALUE pairs, e.g. SOLVER.MAX_EPOCHS 2 DATASETS.ROOT /data")
+    return parser

@@ -1,0 +1,62 @@
+"""Thin helpers over torch.distributed that also work in a single process."""
+
+from __future__ import annotations
+
+import os
+
+import torch
+import torch.distributed as dist
+
+
+def is_distributed() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
+def get_rank() -> int:
+    return dist.get_rank() if is_distributed() else 0
+
+
+def get_world_size() -> int:
+    return dist.get_world_size() if is_distributed() else 1
+
+
+def is_main_process() -> bool:
+    return get_rank() == 0
+
+
+def synchronize() -> None:
+    """A barrier when several processes run; a no-op otherwise."""
+    if is_distributed() and get_world_size() > 1:
+        dist.barrier()
+
+
+def init_distributed_from_env() -> bool:
+    """Join the process group torchrun describes (RANK, WORLD_SIZE, ...); NCCL on GPUs, gloo on CPU.
+
+    Returns True when running distributed. A single plain ``python tools/train.py`` returns False.
+    """
+    if is_distributed():
+        return True
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return False
+    backend = "nccl" if torch.cuda.is_available() else "gloo"
+    if backend == "nccl":
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    dist.init_process_group(backend=backend)
+    return True
+
+
+def local_device(device: str) -> torch.device:
+    """This process's device: under torchrun each rank takes the GPU of its LOCAL_RANK."""
+    if device.startswith("cuda") and is_distributed():
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    return torch.device(device)
+
+
+def all_reduce_mean(value: torch.Tensor) -> torch.Tensor:
+    """Average a tensor over processes (for logging)."""
+    if get_world_size() == 1:
+        return value
+    value = value.clone()
+    dist.all_reduce(value)
+    return value / get_world_size()
