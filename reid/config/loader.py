@@ -217,10 +217,13 @@ def save_config(cfg: CN, path: str | Path) -> Path:
     return path
 
 
-def config_from_dict(data: dict) -> CN:
-    """Rebuild a config from a saved mapping (e.g. inside a checkpoint), validating every key."""
+def config_from_dict(data: dict, opts: Iterable[str] = ()) -> CN:
+    """Rebuild a config from a saved mapping (e.g. inside a checkpoint), then apply ``KEY VALUE`` overrides."""
     cfg = get_cfg_defaults()
     _merge(cfg, data, source="stored with the weights")
+    opts = list(opts)
+    if opts:
+        _merge(cfg, overrides_to_dict(opts), source="on the command line")
     finalize_config(cfg)
     cfg.freeze()
     return cfg

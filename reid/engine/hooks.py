@@ -17,6 +17,16 @@ from reid.config import config_to_dict
 logger = logging.getLogger("reid.engine")
 
 
+def write_results(output_dir: str | Path, data: dict) -> Path:
+    """Write ``results.json``; an earlier one is kept as ``results.<mtime>.json``, never silently lost."""
+    path = Path(output_dir) / "results.json"
+    if path.exists():
+        stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(path.stat().st_mtime))
+        path.rename(path.with_name(f"results.{stamp}.json"))
+    path.write_text(json.dumps(data, indent=2))
+    return path
+
+
 def append_jsonl(path: Path, record: dict) -> None:
     """One JSON object per line: easy to tail, grep and load with pandas."""
     with open(path, "a") as f:

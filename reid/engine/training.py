@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 
@@ -11,7 +10,7 @@ from yacs.config import CfgNode
 
 from reid.config import save_config
 from reid.data import build_train_loader, check_datasets
-from reid.engine.hooks import Checkpointer, PeriodicEvaluator, ProgressLogger
+from reid.engine.hooks import Checkpointer, PeriodicEvaluator, ProgressLogger, write_results
 from reid.engine.trainer import Trainer
 from reid.modeling import ReIDLoss, build_model
 from reid.solver import build_center_optimizer, build_lr_scheduler, build_optimizer
@@ -73,7 +72,7 @@ def train(cfg: CfgNode, resume: bool = False) -> dict:
     if comm.is_main_process():
         summary = {"results": results, "best": getattr(trainer, "best", None), "epochs": trainer.epoch + 1,
                    "last_checkpoint": trainer.last_checkpoint}
-        (Path(cfg.OUTPUT_DIR) / "results.json").write_text(json.dumps(summary, indent=2))
+        write_results(cfg.OUTPUT_DIR, summary)
     return results
 
 

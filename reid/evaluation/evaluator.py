@@ -12,7 +12,7 @@ from torch import nn
 from yacs.config import CfgNode
 
 from reid.data import build_test_loader
-from reid.evaluation.rank import RankResult, evaluate_features
+from reid.evaluation.rank import RankResult, evaluate_features, evaluate_rank
 from reid.evaluation.rerank import re_ranking
 
 logger = logging.getLogger("reid.evaluation")
@@ -76,33 +76,35 @@ def evaluate_extracted(cfg: CfgNode, extracted: ExtractedFeatures, rerank: bool 
         if cfg.TEST.FEAT_NORM:
             qf, gf = nn.functional.normalize(qf, dim=1), nn.functional.normalize(gf, dim=1)
         dist = re_ranking(qf, gf, k1=cfg.TEST.RERANK_K1, k2=cfg.TEST.RERANK_K2, lambda_value=cfg.TEST.RERANK_LAMBDA)
-        from reid.evaluation.rank import evaluate_rank
-
         results["rerank"] = evaluate_rank(dist, q_pids, g_pids, q_camids, g_camids, max_rank=cfg.TEST.MAX_RANK)
     return results
 
 
+def result_row(result: RankResult) -> dict:
+    """JSON-ready metrics of one evaluation, with the CMC curve for plots."""
+    return {**result.as_dict(), "cmc": [round(float(v), 6) for v in result.cmc]}
+
+
 def evaluate_datasets(cfg: CfgNode, model: nn.Module, device: torch.device | str,
-                      names: Sequence[str] | None = None) -> dict[str, dict[str, float]]:
-    """R1/R5/R10/mAP/mINP per dataset (and ``rerank_*`` keys with TEST.RERANK), logged as a table."""
-    table: dict[str, dict[str, float]] = {}
+                      names: Sequence[str] | None = None) -> dict[str, dict]:
+    """R1/R5/R10/mAP/mINP (+ CMC, + a ``rerank`` entry with TEST.RERANK) per dataset, logged as a table."""
+    table: dict[str, dict] = {}
     for name in names or cfg.DATASETS.TEST:
         extracted = extract_test_features(cfg, model, name, device)
         results = evaluate_extracted(cfg, extracted)
-        row = results["plain"].as_dict()
+        table[name] = result_row(results["plain"])
         if "rerank" in results:
-            row.update({f"rerank_{k}": v for k, v in results["rerank"].as_dict().items()})
-        table[name] = row
+            table[name]["rerank"] = result_row(results["rerank"])
     logger.info("\n" + format_results_table(table))
     return table
 
 
-def format_results_table(table: dict[str, dict[str, float]]) -> str:
+def format_results_table(table: dict[str, dict]) -> str:
     """A Markdown table, one row per dataset (and per re-ranked variant), metrics in percent."""
     cols = ["R1", "R5", "R10", "mAP", "mINP"]
     lines = ["| dataset | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
     for name, row in table.items():
         lines.append(f"| {name} | " + " | ".join(f"{100 * row[c]:.1f}" for c in cols) + " |")
-        if "rerank_R1" in row:
-            lines.append(f"| {name} (re-ranked) | " + " | ".join(f"{100 * row['rerank_' + c]:.1f}" for c in cols) + " |")
+        if "rerank" in row:
+            lines.append(f"| {name} (re-ranked) | " + " | ".join(f"{100 * row['rerank'][c]:.1f}" for c in cols) + " |")
     return "\n".join(lines)

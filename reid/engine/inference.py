@@ -1,0 +1,41 @@
+"""Rebuilding a trained model for inference from a checkpoint (training or release format)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from yacs.config import CfgNode
+
+from reid.config import config_from_dict
+from reid.modeling import ReIDModel, build_model
+from reid.utils.checkpoint import load_checkpoint
+from reid.utils.errors import CheckpointError, ConfigError
+
+
+def load_model_for_inference(weights: str | Path, cfg: CfgNode | None = None,
+                             device: str | torch.device = "cpu") -> tuple[ReIDModel, CfgNode]:
+    """The model in eval mode on ``device`` and the config it was built from.
+
+    Without ``cfg``, the config stored in the checkpoint rebuilds the model. The classifier is not
+    needed to extract features, so a checkpoint trained with any number of identities loads.
+    """
+    state = load_checkpoint(weights)
+    if cfg is None:
+        if not isinstance(state.get("config"), dict):
+            raise CheckpointError(f"{weights} stores no config; pass the training config with --config.")
+        try:
+            cfg = config_from_dict(state["config"])
+        except ConfigError as exc:
+            raise CheckpointError(f"The config stored in {weights} is not valid for this version: {exc}") from exc
+    model = build_model(cfg, num_classes=0, load_imagenet=False)
+    weights_only = {k: v for k, v in state["model"].items() if not k.startswith("head.classifier.")}
+    missing, unexpected = model.load_state_dict(weights_only, strict=False)
+    if missing or unexpected:
+        raise CheckpointError(
+            f"The weights in {weights} do not match the config (MODEL.BACKBONE {cfg.MODEL.BACKBONE!r}, "
+            f"MODEL.NECK {cfg.MODEL.NECK!r}): {len(missing)} missing tensors (e.g. {', '.join(missing[:3])}) and "
+            f"{len(unexpected)} unexpected (e.g. {', '.join(unexpected[:3])}). Use the config the model was "
+            "trained with (OUTPUT_DIR/config.yaml), or leave --config out to use the one stored in the checkpoint."
+        )
+    return model.to(device).eval(), cfg

@@ -1,0 +1,67 @@
+"""``test(cfg, weights)``: what ``tools/test.py`` does — evaluate one model on every DATASETS.TEST entry."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from yacs.config import CfgNode
+
+from reid.data import check_datasets
+from reid.engine.hooks import write_results
+from reid.engine.inference import load_model_for_inference
+from reid.engine.training import setup_run
+from reid.evaluation.evaluator import evaluate_extracted, extract_test_features, format_results_table, result_row
+from reid.utils.errors import CheckpointError
+
+logger = logging.getLogger("reid.engine")
+
+
+def resolve_weights(cfg: CfgNode, weights: str | None) -> Path:
+    """--weights, else TEST.WEIGHTS, else OUTPUT_DIR/best.pth, else OUTPUT_DIR/last.pth."""
+    out = Path(cfg.OUTPUT_DIR)
+    for candidate in (weights, cfg.TEST.WEIGHTS, out / "best.pth", out / "last.pth"):
+        if candidate and Path(candidate).is_file():
+            return Path(candidate)
+        if candidate and (candidate == weights or candidate == cfg.TEST.WEIGHTS):
+            raise CheckpointError(f"Weights file {candidate} does not exist.")
+    raise CheckpointError(
+        f"No weights given and none found in {out} (best.pth or last.pth). Pass --weights PATH or train first."
+    )
+
+
+def test(cfg: CfgNode, weights: str | Path, vis: int = 0, vis_mode: str = "worst") -> dict:
+    """Evaluate ``weights`` on each test dataset; write results.json, CMC plots and optional ranked lists."""
+    device = setup_run(cfg)
+    check_datasets(cfg.DATASETS.TEST, cfg.DATASETS.ROOT)
+    model, cfg = load_model_for_inference(weights, cfg, device)
+    out = Path(cfg.OUTPUT_DIR)
+    table: dict[str, dict] = {}
+    for name in cfg.DATASETS.TEST:
+        extracted = extract_test_features(cfg, model, name, device)
+        results = evaluate_extracted(cfg, extracted)
+        table[name] = result_row(results["plain"])
+        if "rerank" in results:
+            table[name]["rerank"] = result_row(results["rerank"])
+        _draw(cfg, name, extracted, results, table[name], out, vis, vis_mode)
+    logger.info(f"Results of {weights}:\n" + format_results_table(table))
+    logger.info(f"Wrote {write_results(out, {'results': table, 'weights': str(weights)})}")
+    return table
+
+
+def _draw(cfg, name, extracted, results, row, out: Path, vis: int, vis_mode: str) -> None:
+    from reid.evaluation.visualize import plot_cmc, save_ranked_lists_from_features
+
+    curves = {"plain": row["cmc"]}
+    if "rerank" in row:
+        curves["re-ranked"] = row["rerank"]["cmc"]
+    plot_cmc(curves, out / f"cmc_{name}.png", title=name)
+    if vis > 0:
+        qf, gf, q_pids, g_pids, q_camids, g_camids = extracted.split()
+        q = extracted.num_query
+        plain = results["plain"]
+        paths = save_ranked_lists_from_features(
+            qf, gf, extracted.paths[:q], extracted.paths[q:], q_pids, g_pids, q_camids, g_camids,
+            out / "ranked_lists" / name, num_queries=vis, mode=vis_mode, ap=plain.AP,
+            query_indices=plain.query_indices, metric=cfg.TEST.METRIC, normalize=cfg.TEST.FEAT_NORM)
+        logger.info(f"Wrote {len(paths)} ranked lists to {out / 'ranked_lists' / name}")

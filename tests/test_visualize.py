@@ -1,0 +1,184 @@
+"""CMC plots, ranked-list pictures (selection by AP, protocol, frame colours) and tools/plot_cmc.py."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from reid.evaluation import visualize as vis
+from reid.utils.errors import ReIDError
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tools"))
+import plot_cmc as plot_cmc_tool  # noqa: E402
+
+# A tiny problem whose rankings are known by construction.
+#   q0 (pid 1, cam 0): g0 is the same identity from the same camera (excluded, though nearest); g1 is rank 1 -> AP 1
+#   q1 (pid 2, cam 0): a false match g3 first, the true match g2 second -> AP 1/2
+#   q2 (pid 3, cam 1): its true match g3 comes last of 9 -> AP 1/9, the worst
+#   q3 (pid 9, cam 0): no true match in the gallery -> never drawn
+Q_PIDS, Q_CAMS = [1, 2, 3, 9], [0, 0, 1, 0]
+G_PIDS, G_CAMS = [1, 1, 2, 3, 4, 5, 6, 7, 8], [0, 1, 1, 0, 1, 1, 1, 1, 1]
+EXCLUDED_COLOR = (0, 255, 255)  # yellow, only g0 has it
+G1_COLOR = (255, 0, 255)
+
+
+def _distmat() -> np.ndarray:
+    dist = 0.5 + 0.01 * np.tile(np.arange(9), (4, 1))
+    dist[0, 0], dist[0, 1] = 0.0, 0.1
+    dist[1, 3], dist[1, 2] = 0.05, 0.2
+    dist[2, 3] = 0.99
+    return dist
+
+
+@pytest.fixture
+def problem(tmp_path):
+    """Query and gallery image files, solid colours, written as PNG so their colours survive exactly."""
+    rng = np.random.default_rng(0)
+    colors = {"g0": EXCLUDED_COLOR, "g1": G1_COLOR}
+
+    def write(name: str) -> str:
+        color = colors.get(name, tuple(int(c) for c in rng.integers(60, 200, 3)))
+        path = tmp_path / "images" / f"{name}.png"
+        path.parent.mkdir(exist_ok=True)
+        cv2.imwrite(str(path), np.full((96, 48, 3), color, np.uint8))  # not the cell size: resizing is exercised
+        return str(path)
+
+    q_paths = [write(f"q{i}") for i in range(4)]
+    g_paths = [write(f"g{i}") for i in range(9)]
+    return q_paths, g_paths, np.array(Q_PIDS), np.array(G_PIDS), np.array(Q_CAMS), np.array(G_CAMS)
+
+
+def _frame_pixel(image: np.ndarray, position: int) -> np.ndarray:
+    x, y = vis.cell_origin(position)
+    return image[y + vis.CELL_HEIGHT // 2, x + vis.FRAME // 2].astype(int)
+
+
+def _inner_pixel(image: np.ndarray, position: int) -> np.ndarray:
+    x, y = vis.cell_origin(position)
+    return image[y + vis.CELL_HEIGHT // 2, x + vis.CELL_WIDTH // 2].astype(int)
+
+
+def _close(pixel: np.ndarray, color) -> bool:
+    return bool(np.abs(pixel - np.array(color)).max() <= 30)  # JPEG tolerance
+
+
+def test_plot_cmc_writes_png(tmp_path):
+    curves = {"BoT": np.linspace(0.8, 0.99, 50), "LFM": [0.85 + 0.002 * i for i in range(50)]}
+    path = vis.plot_cmc(curves, tmp_path / "sub" / "cmc.png", title="market1501", max_rank=20)
+    image = cv2.imread(str(path))
+    assert image is not None and image.shape == (600, 840, 3)
+    assert image.std() > 10  # something was drawn
+    with pytest.raises(ReIDError, match="LFM"):
+        vis.plot_cmc({"LFM": [85.0, 90.0]}, tmp_path / "bad.png")  # percentages, not fractions
+
+
+def test_worst_and_best_ordering_and_frames(problem, tmp_path):
+    worst = vis.save_ranked_lists(_distmat(), *problem, tmp_path / "worst", num_queries=10, mode="worst", topk=5)
+    assert [p.name for p in worst] == ["q001_q2.jpg", "q002_q1.jpg", "q003_q0.jpg"]  # q3 has no match
+    images = [cv2.imread(str(p)) for p in worst]
+    assert all(im is not None and im.shape[:2] == vis.canvas_size(5) for im in images)
+    q2, q1, q0 = images
+    assert _close(_frame_pixel(q2, 0), vis.QUERY_COLOR)
+    assert _close(_frame_pixel(q2, 1), vis.MISMATCH_COLOR)
+    assert _close(_frame_pixel(q1, 1), vis.MISMATCH_COLOR) and _close(_frame_pixel(q1, 2), vis.MATCH_COLOR)
+    # q0: the nearest gallery image (same pid, same camera) is excluded; rank 1 is g1, a true match.
+    assert _close(_frame_pixel(q0, 1), vis.MATCH_COLOR)
+    assert _close(_inner_pixel(q0, 1), G1_COLOR)
+    assert not any(_close(_inner_pixel(q0, k), EXCLUDED_COLOR) for k in range(1, 6))
+
+    best = vis.save_ranked_lists(torch.tensor(_distmat()), *problem, tmp_path / "best", num_queries=2, mode="best")
+    assert [p.name for p in best] == ["q001_q0.jpg", "q002_q1.jpg"]
+    assert cv2.imread(str(best[0])).shape[:2] == vis.canvas_size(10)
+
+
+def test_given_ap_decides_the_order(problem, tmp_path):
+    """The evaluator's AP (aligned with query_indices) is used as given, not recomputed."""
+    files = vis.save_ranked_lists(_distmat(), *problem, tmp_path, num_queries=3, mode="worst",
+                                  ap=np.array([0.1, 0.9, 0.5]), query_indices=torch.tensor([0, 1, 2]))
+    assert [p.name for p in files] == ["q001_q0.jpg", "q002_q2.jpg", "q003_q1.jpg"]
+
+
+def test_random_mode_is_seeded_and_skips_queries_without_match(problem, tmp_path):
+    names = [[p.name[5:] for p in vis.save_ranked_lists(_distmat(), *problem, tmp_path / f"r{i}", num_queries=2,
+                                                          mode="random", seed=seed)]
+             for i, seed in enumerate((3, 3))]
+    assert names[0] == names[1] and len(names[0]) == 2
+    everything = vis.save_ranked_lists(_distmat(), *problem, tmp_path / "all", num_queries=10, mode="random")
+    assert sorted(p.name[5:] for p in everything) == ["q0.jpg", "q1.jpg", "q2.jpg"]
+    with pytest.raises(ReIDError, match="mode"):
+        vis.save_ranked_lists(_distmat(), *problem, tmp_path, mode="median")
+
+
+def test_missing_image_draws_placeholder(problem, tmp_path, caplog):
+    q_paths, g_paths, *labels = problem
+    g_paths = list(g_paths)
+    g_paths[1] = str(tmp_path / "gone.jpg")
+    files = vis.save_ranked_lists(_distmat(), q_paths, g_paths, *labels, tmp_path / "out", num_queries=1,
+                                  mode="best", topk=3)
+    image = cv2.imread(str(files[0]))
+    assert _close(_frame_pixel(image, 1), vis.MATCH_COLOR)
+    x, y = vis.cell_origin(1)
+    inner = image[y + vis.FRAME + 40:y + vis.CELL_HEIGHT - vis.FRAME - 2, x + vis.FRAME:x + vis.CELL_WIDTH - vis.FRAME]
+    assert _close(np.median(inner.reshape(-1, 3), axis=0), vis.PLACEHOLDER_COLOR)
+    assert "gone.jpg" in caplog.text
+
+
+@pytest.mark.parametrize("metric", ["cosine", "euclidean"])
+def test_features_variant_matches_distmat(problem, tmp_path, metric):
+    gen = torch.Generator().manual_seed(0)
+    qf, gf = torch.randn(4, 16, generator=gen), torch.randn(9, 16, generator=gen)
+    if metric == "cosine":
+        n = torch.nn.functional.normalize
+        dist = 1 - n(qf, dim=1) @ n(gf, dim=1).T
+    else:
+        dist = torch.cdist(qf, gf)
+    from_dist = vis.save_ranked_lists(dist, *problem, tmp_path / "d", num_queries=3, mode="worst", topk=4)
+    from_feat = vis.save_ranked_lists_from_features(qf, gf, *problem, tmp_path / "f", num_queries=3, mode="worst",
+                                                    topk=4, metric=metric)
+    assert [p.name for p in from_dist] == [p.name for p in from_feat] and len(from_dist) == 3
+    for a, b in zip(from_dist, from_feat):
+        assert np.array_equal(cv2.imread(str(a)), cv2.imread(str(b)))
+
+
+def _write_run(run_dir: Path, datasets: dict) -> Path:
+    run_dir.mkdir(parents=True)
+    results = {name: {"R1": cmc[0], "R5": cmc[4], "R10": cmc[9], "mAP": 0.5, "mINP": 0.2, "cmc": cmc}
+               for name, cmc in datasets.items()}
+    (run_dir / "results.json").write_text(json.dumps({"results": results, "weights": "best.pth"}))
+    return run_dir
+
+
+def test_plot_cmc_tool_compares_runs(tmp_path):
+    curve = [0.6 + 0.01 * i for i in range(30)]
+    bot = _write_run(tmp_path / "bot_market", {"market1501": curve, "dukemtmc": curve})
+    lfm = _write_run(tmp_path / "lfm_market", {"market1501": [v + 0.05 for v in curve]})
+    plot_cmc_tool.main([str(bot), str(lfm), "--output-dir", str(tmp_path / "plots")])
+    written = sorted(p.name for p in (tmp_path / "plots").iterdir())
+    assert written == ["cmc_dukemtmc.png", "cmc_market1501.png"]
+    assert cv2.imread(str(tmp_path / "plots" / "cmc_market1501.png")) is not None
+
+    plot_cmc_tool.main([str(bot), str(lfm), "-o", str(tmp_path / "one"), "--dataset", "market1501", "--max-rank", "5"])
+    assert [p.name for p in (tmp_path / "one").iterdir()] == ["cmc_market1501.png"]
+    with pytest.raises(ReIDError, match="dukemtmc"):  # lfm has no dukemtmc results
+        plot_cmc_tool.main([str(bot), str(lfm), "--dataset", "dukemtmc"])
+
+
+def test_plot_cmc_tool_errors(tmp_path):
+    no_cmc = tmp_path / "no_cmc"
+    no_cmc.mkdir()
+    (no_cmc / "results.json").write_text(json.dumps({"results": {"market1501": {"R1": 0.9}}}))
+    with pytest.raises(ReIDError, match="cmc"):
+        plot_cmc_tool.main([str(no_cmc)])
+
+    empty = tmp_path / "empty_run"
+    empty.mkdir()
+    proc = subprocess.run([sys.executable, str(ROOT / "tools" / "plot_cmc.py"), str(empty)], capture_output=True,
+                          text=True, cwd=tmp_path, check=False)
+    assert proc.returncode == 2
+    assert "results.json" in proc.stderr and "empty_run" in proc.stderr and "Traceback" not in proc.stderr

@@ -1,0 +1,41 @@
+#!/usr/bin/env python
+"""Evaluate a trained model on every dataset of DATASETS.TEST (same- and cross-domain) in one run.
+
+    python tools/test.py --config lfm_market.yml --weights output/lfm_market/best.pth
+    python tools/test.py --weights best.pth DATASETS.TEST "('market1501', 'dukemtmc')" TEST.RERANK True --vis 10
+
+Without --config, the config stored in the checkpoint is used (overrides still apply).
+"""
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+
+from reid.config import config_from_dict, load_config  # noqa: E402
+from reid.engine.testing import resolve_weights, test  # noqa: E402
+from reid.utils.checkpoint import load_checkpoint  # noqa: E402
+from reid.utils.cli import add_config_arguments, run_cli  # noqa: E402
+
+
+def main() -> None:
+    parser = add_config_arguments(argparse.ArgumentParser(description=__doc__.splitlines()[0]))
+    parser.add_argument("--weights", "-w", default=None, help="checkpoint (default: TEST.WEIGHTS, OUTPUT_DIR/best.pth)")
+    parser.add_argument("--vis", type=int, default=0, metavar="N", help="draw ranked lists of N queries per dataset")
+    parser.add_argument("--vis-mode", choices=("worst", "best", "random"), default="worst",
+                        help="which queries --vis draws, by average precision")
+    args = parser.parse_args()
+    if args.config:
+        cfg = load_config(args.config, args.opts)
+        weights = resolve_weights(cfg, args.weights)
+    else:
+        if not args.weights:
+            parser.error("give --config or --weights")
+        weights = Path(args.weights)
+        cfg = config_from_dict(load_checkpoint(weights).get("config") or {}, args.opts)
+    test(cfg, weights, vis=args.vis, vis_mode=args.vis_mode)
+
+
+if __name__ == "__main__":
+    run_cli(main)
