@@ -89,7 +89,10 @@ class Trainer:
             self.epoch = epoch
             # Re-seeding from (seed, epoch) makes each epoch's randomness (sampling, augmentation,
             # LFM masks) independent of what came before, so a resumed run matches an uninterrupted one.
-            seed_everything(self.cfg.SEED * 1_000_003 + epoch)
+            epoch_seed = self.cfg.SEED * 1_000_003 + epoch
+            seed_everything(epoch_seed)
+            if getattr(self.loader, "generator", None) is not None:  # loader workers' base seeds
+                self.loader.generator.manual_seed(epoch_seed * 64 + comm.get_rank())
             if hasattr(self.sampler, "set_epoch"):
                 self.sampler.set_epoch(epoch)
             self.model.train()
