@@ -127,7 +127,7 @@ _C.TEST.ATTACK = CN()
 _C.TEST.ATTACK.NAME = ""  # "", "fgsm", "ifgsm", "mifgsm" or "pgd"
 _C.TEST.ATTACK.EPS = (2.0, 4.0, 8.0)  # L-inf budgets, in 1/255 units of the [0, 1] image range
 _C.TEST.ATTACK.STEPS = 10  # iterations of the iterative attacks
-_C.TEST.ATTACK.OBJECTIVE = "feature"  # "feature" (away from its clean feature) or "metric" (away from true matches)
+_C.TEST.ATTACK.OBJECTIVE = "feature"  # "feature" (away from its clean feature), "metric" (away from true matches) or "both"
 _C.TEST.ATTACK.SEED = 0  # seed of random starts, so the adversarial set is reproducible
 
 

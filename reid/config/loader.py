@@ -186,7 +186,7 @@ def finalize_config(cfg: CN) -> None:
         "TEST.METRIC": (cfg.TEST.METRIC, ("cosine", "euclidean")),
         "TEST.BEST_METRIC": (cfg.TEST.BEST_METRIC, ("mAP", "R1", "mINP")),
         "TEST.ATTACK.NAME": (cfg.TEST.ATTACK.NAME, ("", "fgsm", "ifgsm", "mifgsm", "pgd")),
-        "TEST.ATTACK.OBJECTIVE": (cfg.TEST.ATTACK.OBJECTIVE, ("feature", "metric")),
+        "TEST.ATTACK.OBJECTIVE": (cfg.TEST.ATTACK.OBJECTIVE, ("feature", "metric", "both")),
     }
     for key, (value, allowed) in choices.items():
         if value not in allowed:

@@ -8,7 +8,8 @@ the dataset entry, as in ``tools/test.py``'s results.json, and the attacks are n
 ``rerank`` entry. ``attack`` is what ``tools/attack.py`` runs: load, ``run_attacks``, table, results.json.
 
 The gallery is never attacked. Clean and adversarial features are computed the same way (bf16 autocast
-on CUDA, TEST.FLIP averaging), and the attack differentiates through that same computation.
+on CUDA, TEST.FLIP averaging), and the attack differentiates through that same computation. Distances
+follow TEST.METRIC and TEST.FEAT_NORM; re-ranking (TEST.RERANK) is not evaluated here.
 """
 
 from __future__ import annotations
@@ -17,9 +18,9 @@ import logging
 import os
 import shutil
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import cv2
 import numpy as np
@@ -28,7 +29,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Subset
 from yacs.config import CfgNode
 
-from reid.data import DATASET_REGISTRY, build_test_loader, check_datasets
+from reid.data import DATASET_REGISTRY, TestData, build_test_loader, check_datasets
 from reid.data.datasets import MarketStyleSource, ReIDDataset
 from reid.engine.hooks import write_results
 from reid.engine.inference import load_model_for_inference
@@ -43,7 +44,12 @@ from reid.evaluation.attacks import (
     metric_attack,
     true_match_mask,
 )
-from reid.evaluation.evaluator import ExtractedFeatures, evaluate_extracted, extract_features, result_row
+from reid.evaluation.evaluator import (
+    ExtractedFeatures,
+    evaluate_extracted,
+    extract_features,
+    result_row,
+)
 from reid.evaluation.rank import evaluate_features
 from reid.utils.errors import ConfigError, ReIDError
 
@@ -75,7 +81,8 @@ def plan_runs(attacks: Sequence[str], objectives: Sequence[str], eps_list: Seque
     for value, allowed, what in ((attacks, ATTACKS, "attack"), (objectives, OBJECTIVES, "objective")):
         unknown = [v for v in value if v not in allowed]
         if unknown or not value:
-            raise ConfigError(f"Unknown or missing {what} {unknown or list(value)}; expected any of {', '.join(allowed)}.")
+            raise ConfigError(f"Unknown or missing {what} {unknown or list(value)}; "
+                              f"expected any of {', '.join(allowed)}.")
     bad_eps = [e for e in eps_list if not 0 <= e <= 255]
     if bad_eps or not eps_list:
         raise ConfigError(f"Attack budgets must be given, in 1/255 units between 0 and 255; got {list(eps_list)}.")
@@ -106,7 +113,6 @@ def run_attacks(cfg: CfgNode, model: nn.Module, datasets: Sequence[str], attacks
                 f"{', '.join(unsupported)} does not have (its queries are listed in files). Leave those datasets "
                 "out of DATASETS.TEST or drop --save-adv."
             )
-    model.eval()
     table: dict[str, dict] = {}
     for name in datasets:
         data = build_test_loader(cfg, name)
@@ -124,7 +130,7 @@ def run_attacks(cfg: CfgNode, model: nn.Module, datasets: Sequence[str], attacks
     return table
 
 
-def _attack_queries(cfg: CfgNode, model: nn.Module, data, clean: ExtractedFeatures, runs: list[AttackRun],
+def _attack_queries(cfg: CfgNode, model: nn.Module, data: TestData, clean: ExtractedFeatures, runs: list[AttackRun],
                     steps: int, device: torch.device, seed: int, vis: int, vis_dir: Path,
                     save_adv: str | Path | None) -> tuple[dict[AttackRun, torch.Tensor], dict[AttackRun, float]]:
     """Adversarial query features of every run (and the largest perturbation measured), batch by batch,
@@ -153,7 +159,7 @@ def _attack_queries(cfg: CfgNode, model: nn.Module, data, clean: ExtractedFeatur
                                 generator=generators[run], flip=cfg.TEST.FLIP)
             with torch.no_grad():
                 adv_features[run][rows] = embed(model, adv, cfg.TEST.FLIP).to(qf.dtype)
-            linf[run] = max(linf[run], float((adv - images).abs().max()) if len(images) else 0.0)
+            linf[run] = max(linf[run], float((adv - images).abs().max()))
             for i in range(len(images)):
                 if int(index[i]) < vis:
                     save_triptych(images[i], adv[i], run.eps / 255,
@@ -174,9 +180,9 @@ def prepare_adversarial_tree(dataset: ReIDDataset, root: str | Path, out_root: P
     Adversarial queries are lossless PNGs at INPUT.SIZE_TEST with the original file stems (a JPEG would
     partly undo the perturbation); their values are rounded to the 8-bit grid.
     """
-    source = Path(dataset.root)
+    source = Path(dataset.root)  # built as DATASETS.ROOT / one of the source's candidate folders
     try:
-        relative = source.resolve().relative_to(Path(root).resolve())
+        relative = source.relative_to(root)
     except ValueError:
         relative = Path(source.name)
     target = out_root / relative
@@ -233,7 +239,7 @@ def attack(cfg: CfgNode, weights: str | Path, attacks: Sequence[str], eps_list: 
     """What ``tools/attack.py`` does: attack the queries of every DATASETS.TEST entry with ``weights``,
     log a table and write ``OUTPUT_DIR/results.json`` (with the settings under ``"attack"``)."""
     plan_runs(attacks, objectives, eps_list)  # fail on bad settings before loading anything
-    device = setup_run(cfg)
+    device = setup_run(cfg, config_name="attack_config.yaml")
     check_datasets(cfg.DATASETS.TEST, cfg.DATASETS.ROOT)
     model, cfg = load_model_for_inference(weights, cfg, device)
     out = Path(cfg.OUTPUT_DIR)

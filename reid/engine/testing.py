@@ -32,7 +32,7 @@ def resolve_weights(cfg: CfgNode, weights: str | None) -> Path:
 
 def test(cfg: CfgNode, weights: str | Path, vis: int = 0, vis_mode: str = "worst") -> dict:
     """Evaluate ``weights`` on each test dataset; write results.json, CMC plots and optional ranked lists."""
-    device = setup_run(cfg)
+    device = setup_run(cfg, config_name="test_config.yaml")
     check_datasets(cfg.DATASETS.TEST, cfg.DATASETS.ROOT)
     model, cfg = load_model_for_inference(weights, cfg, device)
     out = Path(cfg.OUTPUT_DIR)

@@ -23,15 +23,18 @@ from reid.utils.logger import setup_logger
 logger = logging.getLogger("reid.engine")
 
 
-def setup_run(cfg: CfgNode) -> torch.device:
-    """Join DDP if launched by torchrun, set up logging to OUTPUT_DIR and save the final config there."""
+def setup_run(cfg: CfgNode, config_name: str = "config.yaml") -> torch.device:
+    """Join DDP if launched by torchrun, set up logging to OUTPUT_DIR and save the final config there.
+
+    Evaluation tools pass their own ``config_name`` so they never overwrite the training config.
+    """
     comm.init_distributed_from_env()
     setup_logger(cfg.OUTPUT_DIR, comm.get_rank())
     device = comm.local_device(resolve_device(cfg.DEVICE))
     if cfg.DETERMINISTIC:
         torch.use_deterministic_algorithms(True, warn_only=True)
     if comm.is_main_process():
-        save_config(cfg, Path(cfg.OUTPUT_DIR) / "config.yaml")
+        save_config(cfg, Path(cfg.OUTPUT_DIR) / config_name)
     return device
 
 

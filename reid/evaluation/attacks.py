@@ -1,0 +1,210 @@
+"""White-box L-inf attacks on ReID query images, in pixel space before the model's normalisation.
+
+One loop runs every attack; they differ only in their settings (:func:`attack_settings`):
+
+=========  =====  =====================  ========  ============  =========================================
+attack     steps  step size alpha        momentum  random start  reference
+=========  =====  =====================  ========  ============  =========================================
+fgsm       1      eps                    -         no            Goodfellow et al., ICLR 2015
+ifgsm      S      eps / S                -         no            Kurakin et al., 2017 (BIM)
+mifgsm     S      eps / S                1.0       no            Dong et al., CVPR 2018 (their alpha)
+pgd        S      2.5 * eps / S          -         uniform       Madry et al., ICLR 2018 (their alpha)
+=========  =====  =====================  ========  ============  =========================================
+
+Each step moves the images by ``alpha * sign(direction)`` and projects them back into the eps ball
+around the clean images and into the valid range [0, 1]. MI-FGSM's direction accumulates the
+gradients, each divided by its per-image L1 norm. Gradients are taken w.r.t. the input only
+(``torch.autograd.grad``): the model's parameters get no ``.grad`` and it runs in eval mode
+(LFM off, BatchNorm statistics frozen).
+
+What is maximised is an :class:`Objective`, a per-image loss of the adversarial features:
+
+* :func:`feature_disruption` - distance to the image's own clean feature;
+* :func:`metric_attack` - mean distance to the gallery features of its true matches (same identity,
+  other camera, as the evaluation protocol counts them); queries without a true match fall back to
+  feature disruption, so that every query image is attacked.
+
+Feature disruption is at its minimum at the clean image, where its gradient is zero (sign(0) would
+not move). Attacks without a random start therefore take their *first* gradient at a point drawn
+uniformly in the eps ball around the clean image (from ``generator``) and apply the step to the clean
+image itself: FGSM stays one full eps step from the clean image. PGD already starts at such a point.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from reid.utils.errors import ConfigError
+
+ATTACKS = ("fgsm", "ifgsm", "mifgsm", "pgd")
+OBJECTIVES = ("feature", "metric")
+METRICS = ("cosine", "euclidean")
+PGD_ALPHA_FACTOR = 2.5  # Madry et al.: alpha = 2.5 * eps / steps, so the iterates can cross the ball
+MOMENTUM = 1.0  # Dong et al.'s decay factor mu
+
+
+@dataclass(frozen=True)
+class AttackSettings:
+    """The parameters that turn the one attack loop into FGSM, I-FGSM, MI-FGSM or PGD."""
+
+    steps: int
+    alpha: float  # step size, in [0, 1] pixel units
+    momentum: float  # 0 = plain sign of the gradient
+    random_start: bool  # start from a uniform draw in the eps ball
+
+
+def attack_settings(attack: str, eps: float, steps: int) -> AttackSettings:
+    """Steps, step size, momentum and start of ``attack`` at budget ``eps`` (in [0, 1] units)."""
+    if attack not in ATTACKS:
+        raise ConfigError(f"Unknown attack {attack!r}; expected one of {', '.join(ATTACKS)}.")
+    if eps < 0:
+        raise ConfigError(f"The attack budget eps must be non-negative, got {eps}.")
+    if attack == "fgsm":
+        return AttackSettings(steps=1, alpha=eps, momentum=0.0, random_start=False)
+    if steps < 1:
+        raise ConfigError(f"{attack} needs at least one step (TEST.ATTACK.STEPS / --steps), got {steps}.")
+    if attack == "pgd":
+        return AttackSettings(steps, PGD_ALPHA_FACTOR * eps / steps, momentum=0.0, random_start=True)
+    return AttackSettings(steps, eps / steps, MOMENTUM if attack == "mifgsm" else 0.0, random_start=False)
+
+
+@dataclass
+class Objective:
+    """What an attack maximises: ``loss(features)`` of shape (N,), one value per image.
+
+    ``flat_at_clean`` (N,) marks the images whose loss has its minimum (a zero gradient) at the clean
+    image; attacks without a random start take their first gradient at a random point for those.
+    """
+
+    loss: Callable[[torch.Tensor], torch.Tensor]
+    flat_at_clean: torch.Tensor
+
+    def __call__(self, features: torch.Tensor) -> torch.Tensor:
+        return self.loss(features)
+
+
+def _prepare(features: torch.Tensor, metric: str, normalize: bool) -> torch.Tensor:
+    if metric not in METRICS:
+        raise ConfigError(f"Unknown metric {metric!r}; expected one of {', '.join(METRICS)}.")
+    return F.normalize(features, dim=1) if normalize or metric == "cosine" else features
+
+
+def pairwise_distance(a: torch.Tensor, b: torch.Tensor, metric: str = "cosine", normalize: bool = True) -> torch.Tensor:
+    """(N, M) distances as the attacks measure them: 1 - cosine, or the squared euclidean distance
+    (smooth everywhere, unlike its square root), of L2-normalised features when ``normalize``."""
+    a, b = _prepare(a, metric, normalize), _prepare(b, metric, normalize)
+    if metric == "cosine":
+        return 1 - a @ b.T
+    return (a.unsqueeze(1) - b.unsqueeze(0)).pow(2).sum(-1)
+
+
+def feature_disruption(clean_features: torch.Tensor, metric: str = "cosine", normalize: bool = True) -> Objective:
+    """Distance of each adversarial feature to the clean feature of the same image (row by row)."""
+    clean = _prepare(clean_features.detach().float(), metric, normalize)
+
+    def loss(features: torch.Tensor) -> torch.Tensor:
+        f = _prepare(features, metric, normalize)
+        return 1 - (f * clean).sum(1) if metric == "cosine" else (f - clean).pow(2).sum(1)
+
+    return Objective(loss, torch.ones(len(clean), dtype=torch.bool, device=clean.device))
+
+
+def true_match_mask(q_pids: torch.Tensor, q_camids: torch.Tensor, g_pids: torch.Tensor,
+                    g_camids: torch.Tensor) -> torch.Tensor:
+    """(Nq, Ng) True where the gallery entry counts as a correct match: same identity, other camera."""
+    same_pid = q_pids.view(-1, 1) == g_pids.view(1, -1)
+    same_cam = q_camids.view(-1, 1) == g_camids.view(1, -1)
+    return same_pid & ~same_cam
+
+
+def metric_attack(gallery_features: torch.Tensor, match_mask: torch.Tensor, clean_features: torch.Tensor,
+                  metric: str = "cosine", normalize: bool = True) -> Objective:
+    """Mean distance of each adversarial feature to the gallery features of its true matches.
+
+    ``match_mask`` (N, G) is :func:`true_match_mask` of the attacked queries; rows without any match
+    use :func:`feature_disruption` against ``clean_features`` (N, D) instead.
+    """
+    match_mask = match_mask.to(gallery_features.device)
+    has_match = match_mask.any(1)
+    used = match_mask.any(0)  # only the gallery columns some query matches are needed
+    gallery = gallery_features.detach().float()[used]
+    weights = match_mask[:, used].float()
+    weights = weights / weights.sum(1, keepdim=True).clamp_min(1)
+    fallback = feature_disruption(clean_features, metric, normalize)
+
+    def loss(features: torch.Tensor) -> torch.Tensor:
+        to_matches = (pairwise_distance(features, gallery, metric, normalize) * weights).sum(1)
+        return torch.where(has_match, to_matches, fallback(features))
+
+    return Objective(loss, ~has_match)
+
+
+def embed(model: nn.Module, images: torch.Tensor, flip: bool = False) -> torch.Tensor:
+    """Inference features as :func:`reid.evaluation.evaluator.extract_features` computes them (bf16
+    autocast on CUDA, optional flip averaging), but differentiable w.r.t. ``images``."""
+    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=images.device.type == "cuda"):
+        features = model(images).float()
+        if flip:
+            features = (features + model(images.flip(3)).float()) / 2
+    return features
+
+
+@contextmanager
+def _eval_mode(model: nn.Module) -> Iterator[None]:
+    # Attacks target the inference network; a model handed over in train mode gets its mode back.
+    was_training = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(was_training)
+
+
+def _uniform_in_ball(like: torch.Tensor, eps: float, generator: torch.Generator | None) -> torch.Tensor:
+    # Drawn on the generator's device (CPU by default) so a seed gives the same start on any device.
+    device = generator.device if generator is not None else like.device
+    noise = torch.rand(like.shape, generator=generator, device=device, dtype=like.dtype)
+    return ((2 * noise - 1) * eps).to(like.device)
+
+
+def _input_gradient(model: nn.Module, images: torch.Tensor, objective: Objective, flip: bool) -> torch.Tensor:
+    images = images.detach().requires_grad_(True)
+    loss = objective(embed(model, images, flip)).sum()  # images do not interact in eval mode
+    return torch.autograd.grad(loss, images)[0]
+
+
+def attack_images(model: nn.Module, images: torch.Tensor, attack: str, eps: float, steps: int,
+                  objective: Objective, generator: torch.Generator | None = None, flip: bool = False) -> torch.Tensor:
+    """Adversarial versions of ``images`` (N, 3, H, W) in [0, 1]: ``|adv - images| <= eps`` everywhere.
+
+    ``eps`` is in [0, 1] units (divide a budget in 1/255 units by 255); ``steps`` is ignored by FGSM.
+    Random draws (PGD's start, the first gradient point of flat objectives) come from ``generator``,
+    so a seeded generator gives the same adversarial images.
+    """
+    settings = attack_settings(attack, eps, steps)
+    clean = images.detach()
+    lower, upper = (clean - eps).clamp(0, 1), (clean + eps).clamp(0, 1)
+    adv = clean.clone()
+    if settings.random_start:
+        adv = torch.max(torch.min(clean + _uniform_in_ball(clean, eps, generator), upper), lower)
+    velocity = torch.zeros_like(clean)
+    per_image = (slice(None),) + (None,) * (clean.dim() - 1)  # broadcasts an (N,) mask over pixels
+    with _eval_mode(model), torch.enable_grad():
+        for step in range(settings.steps):
+            point = adv
+            if step == 0 and not settings.random_start and bool(objective.flat_at_clean.any()):
+                probe = _uniform_in_ball(clean, eps, generator) * objective.flat_at_clean.to(clean.device)[per_image]
+                point = torch.max(torch.min(adv + probe, upper), lower)
+            grad = _input_gradient(model, point, objective, flip)
+            if settings.momentum:
+                l1 = grad.abs().flatten(1).sum(1).clamp_min(1e-12)[per_image]
+                velocity = settings.momentum * velocity + grad / l1
+                grad = velocity
+            adv = torch.max(torch.min(adv + settings.alpha * grad.sign(), upper), lower)
+    return adv.detach()

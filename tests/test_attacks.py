@@ -1,0 +1,218 @@
+"""White-box attacks: budgets, objectives, reproducibility, the model left untouched, and the end-to-end run."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import pytest
+import torch
+
+from reid.config import config_to_dict, load_config
+from reid.data import build_dataset, build_transforms, read_image
+from reid.evaluation.attacks import (
+    ATTACKS,
+    attack_images,
+    attack_settings,
+    feature_disruption,
+    metric_attack,
+    pairwise_distance,
+    true_match_mask,
+)
+from reid.modeling import build_model
+from reid.utils.checkpoint import atomic_save
+from reid.utils.errors import ConfigError
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = ["MODEL.BACKBONE", "resnet18", "MODEL.PRETRAINED", "False", "INPUT.SIZE_TEST", "(64, 32)"]
+EPS = 8 / 255
+STEPS = 4
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    return build_model(load_config(None, TINY), num_classes=0).eval()
+
+
+@pytest.fixture(scope="module")
+def images() -> torch.Tensor:
+    x = torch.rand(3, 3, 64, 32, generator=torch.Generator().manual_seed(1))
+    x[:, :, :8] = 0.0  # saturated regions: the [0, 1] clipping must hold there too
+    x[:, :, -8:] = 1.0
+    return x
+
+
+@pytest.fixture(scope="module")
+def clean_features(model, images) -> torch.Tensor:
+    with torch.no_grad():
+        return model(images)
+
+
+@pytest.fixture(scope="module")
+def feature_attacks(model, images, clean_features):
+    """Every attack once with the feature objective; the model's state before and after."""
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    trainable = [p.requires_grad for p in model.parameters()]
+    objective = feature_disruption(clean_features)
+    adv = {name: attack_images(model, images, name, EPS, STEPS, objective, generator=torch.Generator().manual_seed(0))
+           for name in ATTACKS}
+    with torch.no_grad():
+        losses = {name: objective(model(x)) for name, x in adv.items()}
+    return adv, losses, (before, trainable)
+
+
+def test_settings_turn_one_loop_into_each_attack():
+    assert attack_settings("fgsm", EPS, 10) == attack_settings("fgsm", EPS, 1)  # FGSM ignores steps
+    fgsm = attack_settings("fgsm", EPS, 10)
+    assert (fgsm.steps, fgsm.alpha, fgsm.momentum, fgsm.random_start) == (1, EPS, 0.0, False)
+    assert attack_settings("ifgsm", EPS, 10).alpha == pytest.approx(EPS / 10)
+    assert attack_settings("mifgsm", EPS, 10).momentum == 1.0
+    pgd = attack_settings("pgd", EPS, 10)
+    assert pgd.random_start and pgd.alpha == pytest.approx(2.5 * EPS / 10)
+    with pytest.raises(ConfigError, match="Unknown attack"):
+        attack_settings("cw", EPS, 10)
+    with pytest.raises(ConfigError, match="at least one step"):
+        attack_settings("pgd", EPS, 0)
+
+
+def test_each_attack_increases_its_objective_within_the_budget(feature_attacks, images):
+    adv, losses, _ = feature_attacks
+    for name in ATTACKS:
+        assert (losses[name] > 1e-6).all(), name  # the clean images have loss 0
+        assert (adv[name] - images).abs().max() <= EPS + 1e-6, name
+        assert adv[name].min() >= 0 and adv[name].max() <= 1, name
+        assert (adv[name] - images).abs().max() > EPS / 2, name  # the budget is used, not ignored
+
+
+def test_iterative_attacks_reach_at_least_fgsm(feature_attacks):
+    # Deterministic on CPU (fixed model, images and seeds); more steps should not do worse on average.
+    _, losses, _ = feature_attacks
+    for name in ("ifgsm", "pgd"):
+        assert losses[name].mean() >= losses["fgsm"].mean(), name
+
+
+def test_model_is_left_untouched(feature_attacks, model):
+    _, _, (before, trainable) = feature_attacks
+    assert not model.training
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, before[key]), key  # BN running statistics included
+    assert [p.requires_grad for p in model.parameters()] == trainable
+    assert all(p.grad is None for p in model.parameters())
+
+
+def test_a_model_in_train_mode_is_attacked_in_eval_mode_and_restored(model, images, clean_features):
+    objective = feature_disruption(clean_features)
+    expected = attack_images(model, images[:1], "fgsm", EPS, 1, objective, generator=torch.Generator().manual_seed(3))
+    model.train()
+    try:
+        got = attack_images(model, images[:1], "fgsm", EPS, 1, objective, generator=torch.Generator().manual_seed(3))
+        assert model.training
+    finally:
+        model.eval()
+    assert torch.equal(got, expected)
+
+
+def test_zero_budget_changes_nothing(model, images, clean_features):
+    objective = feature_disruption(clean_features)
+    for name in ATTACKS:
+        assert torch.equal(attack_images(model, images, name, 0.0, 1, objective), images), name
+
+
+def test_seed_fixes_the_adversarial_images(model, images, clean_features):
+    objective = feature_disruption(clean_features, metric="euclidean")
+
+    def pgd(seed: int) -> torch.Tensor:
+        return attack_images(model, images, "pgd", EPS, 1, objective, generator=torch.Generator().manual_seed(seed))
+
+    first = pgd(0)
+    assert torch.equal(first, pgd(0))
+    assert not torch.equal(first, pgd(1))
+
+
+def test_metric_attack_pushes_queries_away_from_their_true_matches(model, images, clean_features):
+    gallery = torch.rand(4, 3, 64, 32, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        gallery_features = model(gallery)
+    # Query 0 matches gallery 0 and 1 (other camera) but not 2 (same camera); query 2 has no true match.
+    mask = true_match_mask(torch.tensor([7, 8, 9]), torch.tensor([0, 0, 0]),
+                           torch.tensor([7, 7, 7, 8]), torch.tensor([1, 2, 0, 3]))
+    assert mask.tolist() == [[True, True, False, False], [False, False, False, True], [False] * 4]
+    objective = metric_attack(gallery_features, mask, clean_features)
+    assert objective.flat_at_clean.tolist() == [False, False, True]
+    adv = attack_images(model, images, "ifgsm", EPS, 3, objective, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        adv_features = model(adv)
+    before = pairwise_distance(clean_features, gallery_features)
+    after = pairwise_distance(adv_features, gallery_features)
+    assert after[0, :2].mean() > before[0, :2].mean()
+    assert after[1, 3] > before[1, 3]
+    # The query without a true match falls back to feature disruption instead of staying clean.
+    assert feature_disruption(clean_features[2:])(adv_features[2:]).item() > 1e-6
+
+
+def test_run_writes_results_pictures_and_an_evaluable_adversarial_set(synthetic_root, tmp_path):
+    from reid.engine.attacking import attack
+
+    opts = [*TINY, "INPUT.SIZE_TEST", "(32, 16)", "DATASETS.ROOT", str(synthetic_root),
+            "DATASETS.TEST", "('synthetic_market',)",
+            "OUTPUT_DIR", str(tmp_path / "out"), "DATALOADER.NUM_WORKERS", "0", "TEST.IMS_PER_BATCH", "64",
+            "DEVICE", "cpu"]
+    cfg = load_config(None, opts)
+    torch.manual_seed(0)
+    weights = atomic_save({"model": build_model(cfg, num_classes=0).state_dict(), "config": config_to_dict(cfg)},
+                          tmp_path / "model.pth")
+    table = attack(cfg, weights, ["pgd"], [8], ["feature", "metric"], steps=2, vis=2, save_adv=tmp_path / "adv")
+
+    saved = json.loads((tmp_path / "out" / "results.json").read_text())
+    entry = saved["results"]["synthetic_market"]
+    assert entry == json.loads(json.dumps(table["synthetic_market"]))
+    assert set(entry["attacks"]) == {"pgd/feature/eps8", "pgd/metric/eps8"}
+    for row in entry["attacks"].values():
+        assert {"R1", "mAP", "mINP", "cmc"} <= set(row)
+        assert row["mAP"] <= entry["mAP"] + 0.02
+        assert 0 < row["linf_255"] <= 8 + 1e-3
+    assert saved["attack"]["steps"] == 2
+
+    pictures = sorted((tmp_path / "out" / "attacks" / "synthetic_market").glob("pgd_metric_eps8_*.png"))
+    assert len(pictures) == 2
+    picture = cv2.imread(str(pictures[0]))
+    assert picture is not None and picture.shape[:2] == (32, 3 * 16 + 2 * 4)
+
+    # The saved set parses like the original, with PNG queries within the budget of the clean ones.
+    original = build_dataset("synthetic_market", synthetic_root, verbose=False)
+    attacked = build_dataset("synthetic_market", tmp_path / "adv" / "pgd_feature_eps8", verbose=False)
+    assert [r[1:] for r in attacked.query] == [r[1:] for r in original.query]
+    assert len(attacked.gallery) == len(original.gallery)
+    transform = build_transforms(cfg, is_train=False)
+    clean = transform(read_image(original.query[0].path))
+    adv = transform(read_image(attacked.query[0].path))
+    assert attacked.query[0].path.endswith(".png")
+    assert 0 < (adv - clean).abs().max() <= (8 + 0.5) / 255 + 1e-6
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_attack_is_reproducible_and_within_budget(model, images):
+    cuda_model, x = build_model(load_config(None, TINY), num_classes=0).cuda().eval(), images.cuda()
+    cuda_model.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        objective = metric_attack(cuda_model(x), torch.eye(3, dtype=torch.bool), cuda_model(x).float())
+    runs = [attack_images(cuda_model, x, name, EPS, 2, objective, generator=torch.Generator().manual_seed(0))
+            for name in ("pgd", "pgd", "mifgsm")]
+    assert torch.equal(runs[0], runs[1])
+    for adv in runs:
+        assert adv.device == x.device and (adv - x).abs().max() <= EPS + 1e-6 and 0 <= adv.min() <= adv.max() <= 1
+
+
+def test_cli_reports_missing_weights_without_traceback(tmp_path):
+    result = subprocess.run(
+        [sys.executable, str(REPO / "tools" / "attack.py"), "--weights", str(tmp_path / "missing.pth"),
+         "--attack", "pgd", "--eps", "2", "4", "OUTPUT_DIR", str(tmp_path / "out")],
+        capture_output=True, text=True, cwd=REPO, timeout=120, check=False)
+    assert result.returncode != 0
+    assert "missing.pth" in result.stderr and "does not exist" in result.stderr
+    assert "Traceback" not in result.stderr
