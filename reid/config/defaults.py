@@ -42,7 +42,7 @@ _C.MODEL.CENTER.LR = 0.5  # learning rate of the centers' own SGD optimizer (BoT
 
 # Train-only regulariser inserted at one backbone stage; this is where LFM lives.
 _C.MODEL.REGULARIZER = CN()
-_C.MODEL.REGULARIZER.NAME = "none"  # "none", "lfm", "dropout", "spatial_dropout", "dropblock"
+_C.MODEL.REGULARIZER.NAME = "none"  # "none", "lfm", "dropout", "spatial_dropout", "dropblock", "random_erasing" (input-level: INPUT.RE_PROB)
 _C.MODEL.REGULARIZER.STAGE = "conv1"  # "conv1" (paper), "stem" (after max-pool), "layer1", "layer2" or a module path
 
 _C.MODEL.LFM = CN()

@@ -174,7 +174,8 @@ def finalize_config(cfg: CN) -> None:
             )
         reg.NAME = "lfm"
     choices = {
-        "MODEL.REGULARIZER.NAME": (reg.NAME, ("none", "lfm", "dropout", "spatial_dropout", "dropblock")),
+        "MODEL.REGULARIZER.NAME": (reg.NAME, ("none", "lfm", "dropout", "spatial_dropout", "dropblock",
+                                              "random_erasing")),
         "MODEL.NECK": (cfg.MODEL.NECK, ("bnneck", "none")),
         "MODEL.NECK_FEAT": (cfg.MODEL.NECK_FEAT, ("after", "before")),
         "MODEL.POOLING": (cfg.MODEL.POOLING, ("avg", "gem")),
@@ -193,6 +194,11 @@ def finalize_config(cfg: CN) -> None:
             close = difflib.get_close_matches(str(value), allowed, n=1)
             hint = f" Did you mean {close[0]!r}?" if close else ""
             raise ConfigError(f"Config key {key} is {value!r}; expected one of {', '.join(map(repr, allowed))}.{hint}")
+    if reg.NAME == "random_erasing" and cfg.INPUT.RE_PROB <= 0:
+        raise ConfigError(
+            "MODEL.REGULARIZER.NAME random_erasing regularises the input, not a feature map: it needs "
+            "INPUT.RE_PROB > 0 (BoT: 0.5)."
+        )
     for loss in cfg.MODEL.LOSSES:
         if loss not in ("ce", "triplet", "center"):
             raise ConfigError(f"MODEL.LOSSES holds {loss!r}; expected any of 'ce', 'triplet', 'center'.")

@@ -47,7 +47,7 @@ class ReIDModel(nn.Module):
 def build_regularizer_from_config(cfg: CfgNode, backbone: Backbone) -> nn.Module | None:
     """The configured train-only regulariser, or None for ``none``."""
     name = cfg.MODEL.REGULARIZER.NAME
-    if name == "none":
+    if name in ("none", "random_erasing"):  # random erasing acts on the input, in the data transforms
         return None
     if name == "lfm":
         lfm = cfg.MODEL.LFM
