@@ -30,12 +30,16 @@ def load_model_for_inference(weights: str | Path, cfg: CfgNode | None = None,
             raise CheckpointError(f"The config stored in {weights} is not valid for this version: {exc}") from exc
     model = build_model(cfg, num_classes=0, load_imagenet=False)
     weights_only = {k: v for k, v in state["model"].items() if not k.startswith("head.classifier.")}
-    missing, unexpected = model.load_state_dict(weights_only, strict=False)
-    if missing or unexpected:
+    try:
+        missing, unexpected = model.load_state_dict(weights_only, strict=False)
+        problems = [f"{len(names)} {kind} tensors (e.g. {', '.join(names[:3])})"
+                    for kind, names in (("missing", missing), ("unexpected", unexpected)) if names]
+    except RuntimeError as exc:  # same names, other shapes (e.g. resnet18 weights, resnet50 config)
+        problems = [f"shape mismatches ({str(exc).splitlines()[1].strip() if len(str(exc).splitlines()) > 1 else exc})"]
+    if problems:
         raise CheckpointError(
             f"The weights in {weights} do not match the config (MODEL.BACKBONE {cfg.MODEL.BACKBONE!r}, "
-            f"MODEL.NECK {cfg.MODEL.NECK!r}): {len(missing)} missing tensors (e.g. {', '.join(missing[:3])}) and "
-            f"{len(unexpected)} unexpected (e.g. {', '.join(unexpected[:3])}). Use the config the model was "
-            "trained with (OUTPUT_DIR/config.yaml), or leave --config out to use the one stored in the checkpoint."
+            f"MODEL.NECK {cfg.MODEL.NECK!r}): {' and '.join(problems)}. Use the config the model was trained "
+            "with (OUTPUT_DIR/config.yaml), or leave --config out to use the one stored in the checkpoint."
         )
     return model.to(device).eval(), cfg

@@ -1,0 +1,38 @@
+"""Exporting trained models (ONNX, TorchScript, release files) and using them on any images.
+
+- :func:`export_model` (``tools/export.py``): write and verify an export.
+- :class:`FeatureExtractor` (``reid.FeatureExtractor``): features of paths, OpenCV images or tensors.
+- :func:`extract_folder` (``tools/extract.py``) and :func:`search_folder` (``tools/search.py``).
+- :class:`ExportableReID`: the deployed feature (eval-mode model + TEST.FLIP + TEST.FEAT_NORM).
+"""
+
+from reid.export.exportable import ExportableReID, load_exportable
+from reid.export.exporter import (
+    FORMATS,
+    ExportResult,
+    ExportVerificationError,
+    export_model,
+)
+from reid.export.extractor import FeatureExtractor
+from reid.export.folder_features import FolderFeatures, extract_folder
+from reid.export.image_files import find_images, parse_identity
+from reid.export.release import RELEASE_FORMAT
+from reid.export.search import SearchResult, search_folder, top_k
+
+__all__ = [
+    "FORMATS",
+    "RELEASE_FORMAT",
+    "ExportResult",
+    "ExportVerificationError",
+    "ExportableReID",
+    "FeatureExtractor",
+    "FolderFeatures",
+    "SearchResult",
+    "export_model",
+    "extract_folder",
+    "find_images",
+    "load_exportable",
+    "parse_identity",
+    "search_folder",
+    "top_k",
+]

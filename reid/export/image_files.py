@@ -1,0 +1,54 @@
+"""Finding images in a folder tree and reading identity/camera from dataset-style file names."""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+from reid.data.datasets.base import IMAGE_SUFFIXES, describe_folder
+from reid.utils.errors import DatasetError
+
+UNKNOWN = -1  # pid / camid of a file name that follows no known convention
+
+# Patterns capturing pid and 1-based camera, tried in order on the file name.
+NAME_CONVENTIONS = (
+    re.compile(r"^(-?\d+)_c(\d+)s\d+_"),  # Market-1501: 0002_c1s1_000451_03.jpg
+    re.compile(r"^(\d+)_c(\d+)_f\d+"),  # DukeMTMC-reID: 0001_c2_f0046182.jpg
+    re.compile(r"^(\d+)_\d+_(\d+)_"),  # MSMT17: 0000_000_01_0303morning_0015_0.jpg
+)
+
+
+def find_images(folder: str | os.PathLike) -> list[Path]:
+    """Every .jpg/.jpeg/.png/.bmp file under ``folder`` (recursively, case-insensitive), sorted.
+
+    Hidden files and folders are skipped. A missing folder, or one without images, is a DatasetError
+    that says what the folder holds.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise DatasetError(f"Image folder {folder} does not exist or is not a folder ({describe_folder(folder)}).")
+    found = []
+    for dirpath, dirnames, filenames in os.walk(folder):
+        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+        found += [Path(dirpath) / name for name in filenames
+                  if name.lower().endswith(IMAGE_SUFFIXES) and not name.startswith(".")]
+    if not found:
+        raise DatasetError(
+            f"Image folder {folder} holds no images ({', '.join(IMAGE_SUFFIXES)}, searched recursively): "
+            f"{describe_folder(folder)}."
+        )
+    return sorted(found)
+
+
+def parse_identity(name: str | os.PathLike) -> tuple[int, int]:
+    """``(pid, camid)`` from a Market-1501, DukeMTMC-reID or MSMT17 style file name, else ``(-1, -1)``.
+
+    ``camid`` is 0-based as in the toolkit's datasets (Market ``c1`` -> 0). Market's junk images keep pid -1.
+    """
+    base = Path(name).name
+    for pattern in NAME_CONVENTIONS:
+        match = pattern.match(base)
+        if match:
+            return int(match[1]), int(match[2]) - 1
+    return UNKNOWN, UNKNOWN

@@ -1,0 +1,197 @@
+"""FeatureExtractor on paths / BGR arrays / grayscale / tensors, folder extraction with parsed identities,
+search end to end, every bad-input path, and the tools/extract.py command line."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+import reid
+from reid.config import config_to_dict, load_config
+from reid.data import build_transforms, read_image
+from reid.export import (
+    FeatureExtractor,
+    extract_folder,
+    find_images,
+    parse_identity,
+    search_folder,
+)
+from reid.export.search_vis import draw_search_results
+from reid.modeling import build_model
+from reid.utils.checkpoint import atomic_save
+from reid.utils.errors import CheckpointError, DatasetError, ReIDError
+
+REPO = Path(__file__).resolve().parents[1]
+TINY_OPTS = ["MODEL.BACKBONE", "resnet18", "MODEL.PRETRAINED", "False", "INPUT.SIZE_TEST", "(64, 32)",
+             "MODEL.REGULARIZER.NAME", "lfm"]
+# Market-1501 names (pid, 1-based camera), odd sizes; 0002 appears twice so a search has a true match.
+IMAGES = {"0002_c1s1_000451_03.jpg": (97, 41), "0002_c3s1_000551_01.png": (130, 64),
+          "0007_c2s2_001000_02.jpg": (64, 32), "sub/0011_c6s1_002001_01.bmp": (33, 77)}
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory) -> tuple[Path, torch.nn.Module, Path]:
+    """(checkpoint, eval-mode model, folder of images) for the tiny LFM model."""
+    tmp = tmp_path_factory.mktemp("extract")
+    cfg = load_config(None, TINY_OPTS)
+    torch.manual_seed(0)
+    model = build_model(cfg, num_classes=5)
+    with torch.no_grad():
+        model(torch.rand(4, 3, 64, 32))  # training-mode pass: non-trivial BatchNorm statistics
+    weights = atomic_save({"model": model.state_dict(), "config": config_to_dict(cfg)}, tmp / "tiny.pth")
+    rng = np.random.default_rng(0)
+    folder = tmp / "images"
+    for name, (h, w) in IMAGES.items():
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        # smooth images survive JPEG: a blurred random field
+        image = cv2.GaussianBlur(rng.integers(0, 256, (h, w, 3), dtype=np.uint8), (0, 0), 3)
+        assert cv2.imwrite(str(folder / name), image)
+    (folder / "notes.txt").write_text("not an image, and not named like one: skipped")
+    return weights, model.eval(), folder
+
+
+@pytest.fixture(scope="module")
+def extractor(setup) -> FeatureExtractor:
+    return FeatureExtractor(setup[0], device="cpu", batch_size=3)
+
+
+def test_reid_exposes_the_extractor() -> None:
+    assert reid.FeatureExtractor is FeatureExtractor
+
+
+def test_features_match_the_eval_model_with_the_evaluation_preprocessing(setup, extractor) -> None:
+    _, model, folder = setup
+    paths = find_images(folder)
+    transform = build_transforms(load_config(None, TINY_OPTS), is_train=False)
+    with torch.no_grad():
+        expected = F.normalize(model(torch.stack([transform(read_image(p)) for p in paths])), dim=1)
+    features = extractor(paths)  # 4 images in batches of 3
+    assert features.dtype == torch.float32 and features.device.type == "cpu" and features.shape == (4, 512)
+    assert torch.allclose(features, expected, atol=1e-5)
+    assert torch.allclose(features.norm(dim=1), torch.ones(4), atol=1e-5)
+
+
+def test_paths_bgr_arrays_and_tensors_agree(setup, extractor) -> None:
+    _, _, folder = setup
+    path = folder / "0002_c1s1_000451_03.jpg"  # 97 x 41: resized by every route
+    bgr = cv2.imread(str(path))
+    rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+    reference = extractor(str(path))
+    routes = {
+        "Path": extractor(path),
+        "BGR array": extractor(bgr),
+        "BGRA array": extractor(cv2.cvtColor(bgr, cv2.COLOR_BGR2BGRA)),
+        "batch array": extractor(bgr[None])[:1],
+        "uint8 RGB tensor": extractor(torch.from_numpy(rgb).permute(2, 0, 1)),
+        "float tensor at test size": extractor(build_transforms(extractor.cfg, False)(rgb)[None]),
+        "mixed list": extractor([path, bgr])[1:],
+    }
+    for route, features in routes.items():
+        assert features.shape == (1, 512), route
+        assert torch.allclose(features, reference, atol=1e-5), route
+    assert not torch.allclose(extractor(rgb), reference, atol=1e-3)  # RGB given as numpy is read as BGR
+
+
+def test_grayscale_inputs_agree(tmp_path, extractor) -> None:
+    gray = cv2.GaussianBlur(np.random.default_rng(1).integers(0, 256, (50, 23), dtype=np.uint8), (0, 0), 2)
+    path = tmp_path / "gray.png"
+    cv2.imwrite(str(path), gray)
+    reference = extractor(path)
+    for features in (extractor(gray), extractor(gray[:, :, None]), extractor(cv2.cvtColor(gray, cv2.COLOR_GRAY2BGR))):
+        assert torch.allclose(features, reference, atol=1e-5)
+
+
+def test_folder_extraction_parses_identities_and_saves_npz(setup, extractor, tmp_path) -> None:
+    _, _, folder = setup
+    progress = []
+    result = extract_folder(extractor, folder, progress=lambda done, total: progress.append((done, total)))
+    assert progress == [(3, 4), (4, 4)]
+    names = [p.relative_to(folder).as_posix() for p in result.paths]
+    assert names == sorted(IMAGES)  # recursive, image files only
+    assert result.pids.tolist() == [2, 2, 7, 11] and result.camids.tolist() == [0, 2, 1, 5]
+    saved = np.load(result.save(tmp_path / "feats"), allow_pickle=False)  # exact name, no ".npz" appended
+    assert saved["paths"].tolist() == names and saved["features"].shape == (4, 512)
+    assert np.array_equal(saved["pids"], result.pids) and str(saved["root"]) == str(folder)
+
+
+def test_parse_identity_conventions() -> None:
+    assert parse_identity("0002_c1s1_000451_03.jpg") == (2, 0)  # Market-1501
+    assert parse_identity("-1_c3s2_000100_00.jpg") == (-1, 2)  # Market junk
+    assert parse_identity("0001_c2_f0046182.jpg") == (1, 1)  # DukeMTMC-reID
+    assert parse_identity("dir/0042_013_05_0303morning_0015_0.jpg") == (42, 4)  # MSMT17
+    assert parse_identity("IMG_2024.jpg") == (-1, -1) and parse_identity("person.png") == (-1, -1)
+
+
+def test_search_ranks_the_gallery_and_draws_strips(setup, extractor, tmp_path) -> None:
+    _, _, folder = setup
+    query = folder / "0002_c1s1_000451_03.jpg"
+    (result,) = search_folder(extractor, query, folder, k=3)
+    assert result.matches[0] == query and result.distances[0] == pytest.approx(0, abs=1e-5)
+    assert len(result.matches) == 3 and result.distances == sorted(result.distances)
+    gallery = extractor(find_images(folder))
+    expected = (1 - gallery @ extractor(query).T).squeeze(1).sort()  # cosine distance by hand
+    assert result.distances == pytest.approx(expected.values[:3].tolist(), abs=1e-5)
+    every = search_folder(extractor, folder, folder, k=10, metric="euclidean")
+    assert len(every) == 4 and all(len(r.matches) == 4 and r.matches[0] == r.query for r in every)
+    picture = cv2.imread(str(draw_search_results(every, tmp_path / "strips.jpg")))
+    assert picture is not None and picture.shape[0] > 4 * 128 and picture.shape[1] > 5 * 64
+
+
+def test_bad_inputs_name_the_culprit(setup, extractor, tmp_path) -> None:
+    weights, _, _ = setup
+    broken = tmp_path / "broken.jpg"
+    broken.write_text("not an image")
+    with pytest.raises(DatasetError, match="broken.jpg"):
+        extractor([broken])
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(DatasetError, match="empty"):
+        extract_folder(extractor, empty)
+    with pytest.raises(ReIDError, match="folder"):
+        extractor(empty)
+    with pytest.raises(CheckpointError, match="broken.jpg"):
+        FeatureExtractor(broken)
+    with pytest.raises(CheckpointError, match="tiny.pth"):
+        FeatureExtractor(weights, opts=["MODEL.BACKBONE", "resnet50"])
+    with pytest.raises(ReIDError, match="in \\[0, 1\\]"):
+        extractor(torch.rand(1, 3, 64, 32) * 255)
+    with pytest.raises(ReIDError, match="uint8"):
+        extractor(np.zeros((64, 32, 3), np.float32))
+    with pytest.raises(ReIDError, match="RGB"):
+        extractor(torch.rand(1, 64, 32))
+    with pytest.raises(ReIDError, match="device"):
+        FeatureExtractor(weights, device="gpu")
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_matches_cpu(setup, extractor) -> None:
+    _, _, folder = setup
+    paths = find_images(folder)
+    on_gpu = FeatureExtractor(setup[0], device="cuda")
+    assert torch.allclose(on_gpu(paths), extractor(paths), atol=1e-3)
+    assert torch.allclose(on_gpu(torch.rand(2, 3, 64, 32, device="cuda")).cpu().norm(dim=1), torch.ones(2), atol=1e-4)
+
+
+def run_tool(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(REPO / "tools" / "extract.py"), *args], check=False, capture_output=True,
+                          text=True, cwd=REPO, timeout=120)
+
+
+def test_extract_cli(setup, tmp_path) -> None:
+    weights, _, folder = setup
+    output = tmp_path / "feats.npz"
+    ok = run_tool("--weights", str(weights), "--images", str(folder), "--output", str(output), "--batch-size", "2")
+    assert ok.returncode == 0, ok.stderr
+    assert np.load(output)["features"].shape == (4, 512) and "4/4 images" in ok.stderr
+    empty = tmp_path / "nothing_here"
+    empty.mkdir()
+    bad = run_tool("--weights", str(weights), "--images", str(empty), "--output", str(output))
+    assert bad.returncode != 0 and "nothing_here" in bad.stderr and "Traceback" not in bad.stderr

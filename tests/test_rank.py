@@ -1,0 +1,234 @@
+"""CMC / mAP / mINP: exact parity with the per-query numpy reference, protocol details, blocking."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from reid.evaluation.rank import RankResult, compute_distance_matrix, evaluate_features, evaluate_rank
+from reid.evaluation.reference import evaluate_rank_reference
+from reid.utils.errors import ReIDError
+
+CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+def random_problem(rng: np.random.Generator, ties: bool, dtype=np.float32):
+    """Small query/gallery split with distractors (pid 0), same-camera junk and often unmatched queries."""
+    num_q, num_g, num_ids = rng.integers(1, 12), rng.integers(1, 40), rng.integers(1, 6)
+    q_pids = rng.integers(1, num_ids + 1, num_q)
+    g_pids = rng.integers(0, num_ids + 1, num_g)
+    q_camids, g_camids = rng.integers(0, 3, num_q), rng.integers(0, 3, num_g)
+    if ties:  # few distinct integer values: many exact ties, some negative
+        distmat = rng.integers(-2, 4, (num_q, num_g)).astype(dtype)
+    else:
+        distmat = rng.standard_normal((num_q, num_g)).astype(dtype)
+    return distmat, q_pids, g_pids, q_camids, g_camids
+
+
+def has_valid_query(q_pids, g_pids, q_camids, g_camids) -> bool:
+    same_id = q_pids[:, None] == g_pids[None, :]
+    return bool((same_id & (q_camids[:, None] != g_camids[None, :])).any())
+
+
+def assert_matches_reference(result: RankResult, reference: dict, max_rank: int) -> None:
+    assert result.cmc.shape == (max_rank,)
+    np.testing.assert_allclose(result.cmc, reference["cmc"], atol=1e-6, rtol=0)
+    np.testing.assert_array_equal(result.query_indices, reference["query_indices"])
+    np.testing.assert_allclose(result.AP, reference["AP"], atol=1e-6, rtol=0)
+    np.testing.assert_allclose(result.INP, reference["INP"], atol=1e-6, rtol=0)
+    assert result.mAP == pytest.approx(reference["mAP"], abs=1e-6)
+    assert result.mINP == pytest.approx(reference["mINP"], abs=1e-6)
+    assert result.num_valid_queries == len(reference["query_indices"])
+
+
+@pytest.mark.parametrize("ties", [False, True], ids=["continuous", "integer-ties"])
+def test_evaluate_rank_matches_reference_on_many_random_problems(ties):
+    rng = np.random.default_rng(1 if ties else 2)
+    checked = 0
+    for _ in range(150):
+        problem = random_problem(rng, ties)
+        if not has_valid_query(*problem[1:]):
+            continue
+        max_rank = int(rng.integers(1, 60))  # often larger than the gallery
+        reference = evaluate_rank_reference(*problem, max_rank=max_rank)
+        assert_matches_reference(evaluate_rank(*problem, max_rank=max_rank), reference, max_rank)
+        # One query per block and torch inputs: identical numbers.
+        tensors = [torch.from_numpy(np.ascontiguousarray(a)) for a in problem]
+        blocked = evaluate_rank(*tensors, max_rank=max_rank, memory_budget_bytes=1)
+        assert_matches_reference(blocked, reference, max_rank)
+        checked += 1
+    assert checked > 100
+
+
+def test_stable_tie_break_by_gallery_order_hand_computed():
+    # All distances equal: the ranking is the gallery order. True matches (pid 1, camera 1) at
+    # gallery indices 1 and 3; index 2 is pid 1 in the query's camera (discarded).
+    distmat = np.zeros((1, 5), dtype=np.float32)
+    result = evaluate_rank(distmat, np.array([1]), np.array([7, 1, 1, 1, 0]), np.array([0]),
+                           np.array([1, 1, 0, 1, 1]), max_rank=4)
+    # Kept order: 7, 1(match), 1(match), 0 -> matches at 0-based ranks 1 and 2.
+    np.testing.assert_allclose(result.cmc, [0, 1, 1, 1])
+    assert result.AP[0] == pytest.approx((1 / 2 + 2 / 3) / 2)
+    assert result.INP[0] == pytest.approx(2 / 3)
+
+
+def test_negative_zero_ties_with_zero():
+    # -0.0 == 0.0, so gallery order decides: the distractor at index 0 ranks first.
+    distmat = np.array([[0.0, -0.0]], dtype=np.float32)
+    result = evaluate_rank(distmat, [1], [0, 1], [0], [1, 1])
+    assert result.AP[0] == pytest.approx(0.5)
+
+
+def test_negative_distances_are_ordered():
+    distmat = np.array([[0.5, -2.0, -1.0, 3.0]], dtype=np.float32)
+    result = evaluate_rank(distmat, [1], [1, 2, 1, 3], [0], [1, 1, 1, 1], max_rank=4)
+    # Order: -2 (pid 2), -1 (match), 0.5 (match), 3 -> matches at ranks 1 and 2.
+    np.testing.assert_allclose(result.cmc, [0, 1, 1, 1])
+
+
+def test_unmatched_queries_are_excluded_and_listed():
+    distmat = np.arange(12, dtype=np.float32).reshape(3, 4)
+    q_pids, g_pids = np.array([1, 2, 3]), np.array([1, 2, 2, 0])
+    q_cams, g_cams = np.array([0, 0, 0]), np.array([1, 0, 0, 1])
+    # Query 0 matches gallery 0; query 1's identity is only in its own camera; query 2 is absent.
+    result = evaluate_rank(distmat, q_pids, g_pids, q_cams, g_cams, max_rank=3)
+    np.testing.assert_array_equal(result.query_indices, [0])
+    assert result.num_valid_queries == 1
+    assert result.mAP == pytest.approx(1.0)
+
+
+def test_max_rank_beyond_gallery_pads_with_last_value():
+    distmat = np.array([[0.3, 0.1, 0.2]], dtype=np.float32)
+    result = evaluate_rank(distmat, [1], [2, 3, 1], [0], [1, 1, 1], max_rank=6)
+    np.testing.assert_allclose(result.cmc, [0, 1, 1, 1, 1, 1])
+
+
+def test_float64_input_is_compared_in_float32():
+    rng = np.random.default_rng(3)
+    distmat, *ids = random_problem(rng, ties=False, dtype=np.float64)
+    while not has_valid_query(*ids):
+        distmat, *ids = random_problem(rng, ties=False, dtype=np.float64)
+    reference = evaluate_rank_reference(distmat.astype(np.float32), *ids, max_rank=10)
+    assert_matches_reference(evaluate_rank(distmat, *ids, max_rank=10), reference, 10)
+
+
+def test_as_dict_and_short_max_rank():
+    distmat = np.array([[0.1, 0.2]], dtype=np.float32)
+    result = evaluate_rank(distmat, [1], [1, 2], [0], [1, 1], max_rank=3)
+    assert result.as_dict() == {"R1": 1.0, "mAP": 1.0, "mINP": 1.0}
+    wide = evaluate_rank(distmat, [1], [1, 2], [0], [1, 1], max_rank=10)
+    assert set(wide.as_dict()) == {"R1", "R5", "R10", "mAP", "mINP"}
+
+
+@pytest.mark.parametrize("bad, message", [
+    (dict(q_pids=[5]), "true match"),
+    (dict(g_pids=[1]), "g_pids"),
+    (dict(distmat=np.array([[np.nan, 0.0]], dtype=np.float32)), "NaN"),
+    (dict(max_rank=0), "max_rank"),
+])
+def test_user_errors_raise_reid_error(bad, message):
+    args = dict(distmat=np.array([[0.1, 0.2]], dtype=np.float32), q_pids=[1], g_pids=[1, 2],
+                q_camids=[0], g_camids=[1, 1], max_rank=5)
+    args.update(bad)
+    with pytest.raises(ReIDError, match=message):
+        evaluate_rank(**args)
+
+
+def feature_problem(rng, num_q=25, num_g=90, dim=12, integer=False):
+    ids = rng.integers(0, 8, num_q + num_g)
+    centres = rng.standard_normal((8, dim))
+    feats = centres[ids] + 0.7 * rng.standard_normal((num_q + num_g, dim))
+    if integer:  # small integers: every dot product is exact whatever the summation order
+        feats = rng.integers(-2, 3, (num_q + num_g, dim)).astype(np.float64)
+    feats = feats.astype(np.float32)
+    cams = rng.integers(0, 4, num_q + num_g)
+    q_pids, g_pids = ids[:num_q] + 1, np.where(rng.random(num_g) < 0.1, 0, ids[num_q:] + 1)
+    return feats[:num_q], feats[num_q:], q_pids, g_pids, cams[:num_q], cams[num_q:]
+
+
+@pytest.mark.parametrize("metric, normalize", [("cosine", False), ("euclidean", False), ("euclidean", True)])
+def test_evaluate_features_matches_reference_on_its_distances(metric, normalize):
+    rng = np.random.default_rng(4)
+    for _ in range(5):
+        qf, gf, *ids = feature_problem(rng)
+        distmat = compute_distance_matrix(qf, gf, metric=metric, normalize=normalize).numpy()
+        reference = evaluate_rank_reference(distmat, *ids, max_rank=20)
+        result = evaluate_features(torch.from_numpy(qf), torch.from_numpy(gf), *ids, metric=metric,
+                                   max_rank=20, normalize=normalize)
+        assert_matches_reference(result, reference, 20)
+        assert 0 < result.peak_memory_bytes
+
+
+def test_compute_distance_matrix_values():
+    rng = np.random.default_rng(5)
+    qf, gf = rng.standard_normal((6, 8)).astype(np.float32), rng.standard_normal((9, 8)).astype(np.float32)
+    euclidean = np.sqrt(((qf[:, None] - gf[None]) ** 2).sum(-1))
+    cosine = 1 - (qf @ gf.T) / np.linalg.norm(qf, axis=1)[:, None] / np.linalg.norm(gf, axis=1)[None]
+    qn, gn = qf / np.linalg.norm(qf, axis=1, keepdims=True), gf / np.linalg.norm(gf, axis=1, keepdims=True)
+    normalised = np.sqrt(((qn[:, None] - gn[None]) ** 2).sum(-1))
+    np.testing.assert_allclose(compute_distance_matrix(qf, gf, "euclidean").numpy(), euclidean, atol=1e-5)
+    np.testing.assert_allclose(compute_distance_matrix(qf, gf, "cosine").numpy(), cosine, atol=1e-6)
+    np.testing.assert_allclose(compute_distance_matrix(qf, gf, "euclidean", normalize=True).numpy(),
+                               normalised, atol=1e-5)
+
+
+@pytest.mark.parametrize("metric", ["cosine", "euclidean"])
+def test_block_splitting_gives_identical_results(metric):
+    rng = np.random.default_rng(6)
+    qf, gf, *ids = feature_problem(rng, integer=True)
+    one_block = evaluate_features(qf, gf, *ids, metric=metric, max_rank=30)
+    # float16 features and a tiny budget: one query per block, gallery multiplied in 1-row blocks.
+    tiny = evaluate_features(torch.from_numpy(qf).half(), torch.from_numpy(gf).half(), *ids, metric=metric,
+                             max_rank=30, memory_budget_bytes=1)
+    np.testing.assert_array_equal(tiny.cmc, one_block.cmc)
+    np.testing.assert_array_equal(tiny.AP, one_block.AP)
+    np.testing.assert_array_equal(tiny.INP, one_block.INP)
+    reference = evaluate_rank_reference(compute_distance_matrix(qf, gf, metric).numpy(), *ids, max_rank=30)
+    assert_matches_reference(tiny, reference, 30)
+
+
+def test_float16_features_match_reference_on_widened_features():
+    rng = np.random.default_rng(7)
+    qf, gf, *ids = feature_problem(rng)
+    qh, gh = torch.from_numpy(qf).half(), torch.from_numpy(gf).half()
+    distmat = compute_distance_matrix(qh.float(), gh.float(), "cosine").numpy()
+    assert_matches_reference(evaluate_features(qh, gh, *ids, max_rank=15),
+                             evaluate_rank_reference(distmat, *ids, max_rank=15), 15)
+
+
+def test_peak_memory_stays_within_budget():
+    rng = np.random.default_rng(8)
+    qf, gf, *ids = feature_problem(rng, num_q=60, num_g=400)
+    budget = 200_000  # room for several queries per block
+    result = evaluate_features(qf, gf, *ids, memory_budget_bytes=budget)
+    assert 0 < result.peak_memory_bytes <= budget
+    unbounded = evaluate_features(qf, gf, *ids)
+    assert unbounded.peak_memory_bytes > result.peak_memory_bytes
+    np.testing.assert_allclose(unbounded.AP, result.AP, atol=1e-12)
+
+
+def test_unknown_metric_and_bad_features():
+    qf, gf = np.zeros((2, 4), np.float32), np.zeros((3, 5), np.float32)
+    with pytest.raises(ReIDError, match="metric"):
+        evaluate_features(qf, qf, [1, 2], [1, 2], [0, 0], [1, 1], metric="manhattan")
+    with pytest.raises(ReIDError, match="same width"):
+        evaluate_features(qf, gf, [1, 2], [1, 2, 3], [0, 0], [1, 1, 1])
+
+
+@CUDA
+@pytest.mark.cuda
+def test_cuda_matches_reference_and_measures_memory():
+    rng = np.random.default_rng(9)
+    qf, gf, *ids = feature_problem(rng, integer=True)  # exact dot products whatever the GEMM shape
+    device = torch.device("cuda")
+    qt, gt = torch.from_numpy(qf).to(device), torch.from_numpy(gf).to(device)
+    distmat = compute_distance_matrix(qt, gt, "euclidean")
+    assert distmat.device.type == "cuda"
+    reference = evaluate_rank_reference(distmat.cpu().numpy(), *ids, max_rank=20)
+    assert_matches_reference(evaluate_rank(distmat, *ids, max_rank=20), reference, 20)
+    cuda_ids = [torch.as_tensor(a, device=device) for a in ids]
+    result = evaluate_features(qt.half(), gt.half(), *cuda_ids, metric="euclidean", max_rank=20,
+                               memory_budget_bytes=1)
+    assert_matches_reference(result, reference, 20)
+    assert result.peak_memory_bytes > 0
