@@ -27,7 +27,7 @@ data: $(STAMP)  ## generate both synthetic domains under $(ROOT)
 	$(PY) tools/make_synthetic.py --style both --root $(ROOT)
 
 lint: $(STAMP)
-	$(PY) -m ruff check reid tools tests
+	$(PY) -m flake8 reid tools tests
 
 clean:
 	rm -rf $(VENV) output .pytest_cache

@@ -2,7 +2,8 @@
 
 import pytest
 
-from reid.config import config_from_dict, config_to_dict, get_cfg_defaults, load_config, resolve_config_path, save_config
+from reid.config import (config_from_dict, config_to_dict, get_cfg_defaults, load_config, resolve_config_path,
+                         save_config)
 from reid.utils.errors import ConfigError
 
 

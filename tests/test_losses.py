@@ -21,7 +21,9 @@ def test_batch_hard_picks_hardest_positive_and_negative():
     assert torch.allclose(d_ap, torch.tensor([5.0, 4.0, 5.0, 8.0, 7.5, 8.0]), atol=1e-4)
     assert torch.allclose(d_an, torch.tensor([2.0, 1.0, 2.5, 1.0, 1.5, 5.0]), atol=1e-4)
     loss = TripletLoss(margin=0.3)(feats, labels)
-    expected = F.relu(torch.tensor([5.0, 4.0, 5.0, 8.0, 7.5, 8.0]) - torch.tensor([2.0, 1.0, 2.5, 1.0, 1.5, 5.0]) + 0.3).mean()
+    hardest_pos = torch.tensor([5.0, 4.0, 5.0, 8.0, 7.5, 8.0])
+    hardest_neg = torch.tensor([2.0, 1.0, 2.5, 1.0, 1.5, 5.0])
+    expected = F.relu(hardest_pos - hardest_neg + 0.3).mean()
     assert torch.allclose(loss, expected, atol=1e-4)
 
 

@@ -216,6 +216,7 @@ def test_jit_trace_in_eval_mode_contains_no_regularizer(resnet18):
         traced = torch.jit.trace(model, x)
         traced_plain = torch.jit.trace(plain, x)
     assert torch.equal(traced(x), plain(x))
+
     def operations(module):  # the computation, without attribute look-ups of submodules
         return [node.kind() for node in module.inlined_graph.nodes() if node.kind().startswith("aten::")]
 

@@ -81,8 +81,8 @@ def test_non_finite_loss_stops_with_context(synthetic_root, tmp_path, monkeypatc
 def test_missing_test_dataset_fails_before_training(synthetic_root, tmp_path):
     from reid.utils.errors import DatasetError
 
-    cfg = load_config("bot_synthetic.yml", tiny_train_opts(synthetic_root, tmp_path / "x", "DATASETS.TEST",
-                                                         "('synthetic_market', 'dukemtmc')"))
+    opts = tiny_train_opts(synthetic_root, tmp_path / "x", "DATASETS.TEST", "('synthetic_market', 'dukemtmc')")
+    cfg = load_config("bot_synthetic.yml", opts)
     with pytest.raises(DatasetError, match="DukeMTMC-reID"):
         train(cfg)
     assert not (tmp_path / "x" / "last.pth").exists()

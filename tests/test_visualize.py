@@ -105,8 +105,8 @@ def test_given_ap_decides_the_order(problem, tmp_path):
 
 
 def test_random_mode_is_seeded_and_skips_queries_without_match(problem, tmp_path):
-    names = [[p.name[5:] for p in vis.save_ranked_lists(_distmat(), *problem, tmp_path / f"r{i}", num_queries=2,
-                                                          mode="random", seed=seed)]
+    names = [[p.name[5:] for p in vis.save_ranked_lists(_distmat(), *problem, tmp_path / f"r{i}",
+                                                        num_queries=2, mode="random", seed=seed)]
              for i, seed in enumerate((3, 3))]
     assert names[0] == names[1] and len(names[0]) == 2
     everything = vis.save_ranked_lists(_distmat(), *problem, tmp_path / "all", num_queries=10, mode="random")

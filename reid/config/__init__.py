@@ -9,4 +9,5 @@ from reid.config.loader import (
     save_config,
 )
 
-__all__ = ["get_cfg_defaults", "load_config", "resolve_config_path", "save_config", "config_from_dict", "config_to_dict"]
+__all__ = ["get_cfg_defaults", "load_config", "resolve_config_path", "save_config", "config_from_dict",
+           "config_to_dict"]

@@ -42,7 +42,7 @@ _C.MODEL.CENTER.LR = 0.5  # learning rate of the centers' own SGD optimizer (BoT
 
 # Train-only regulariser inserted at one backbone stage; this is where LFM lives.
 _C.MODEL.REGULARIZER = CN()
-_C.MODEL.REGULARIZER.NAME = "none"  # "none", "lfm", "dropout", "spatial_dropout", "dropblock", "random_erasing" (input-level: INPUT.RE_PROB)
+_C.MODEL.REGULARIZER.NAME = "none"  # none, lfm, dropout, spatial_dropout, dropblock, random_erasing (input-level)
 _C.MODEL.REGULARIZER.STAGE = "conv1"  # "conv1" (paper), "stem" (after max-pool), "layer1", "layer2" or a module path
 
 _C.MODEL.LFM = CN()
@@ -127,7 +127,7 @@ _C.TEST.ATTACK = CN()
 _C.TEST.ATTACK.NAME = ""  # "", "fgsm", "ifgsm", "mifgsm" or "pgd"
 _C.TEST.ATTACK.EPS = (2.0, 4.0, 8.0)  # L-inf budgets, in 1/255 units of the [0, 1] image range
 _C.TEST.ATTACK.STEPS = 10  # iterations of the iterative attacks
-_C.TEST.ATTACK.OBJECTIVE = "feature"  # "feature" (away from its clean feature), "metric" (away from true matches) or "both"
+_C.TEST.ATTACK.OBJECTIVE = "feature"  # "feature" (away from its clean feature), "metric" (from true matches), "both"
 _C.TEST.ATTACK.SEED = 0  # seed of random starts, so the adversarial set is reproducible
 
 

@@ -125,7 +125,9 @@ def _merge(cfg: CN, updates: dict, source: str, prefix: str = "") -> None:
         default = cfg[key]
         if isinstance(default, CN):
             if not isinstance(value, dict):
-                raise ConfigError(f"Config key {full} ({source}) is a group of options; give it a mapping, not {value!r}.")
+                raise ConfigError(
+                    f"Config key {full} ({source}) is a group of options; give it a mapping, not {value!r}."
+                )
             _merge(default, value, source, full + ".")
         else:
             cfg[key] = _coerce(full, value, default, source)

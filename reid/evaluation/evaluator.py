@@ -60,7 +60,8 @@ def extract_features(model: nn.Module, loader, device: torch.device | str, flip:
     return torch.cat(feats), torch.cat(pids), torch.cat(camids), paths
 
 
-def extract_test_features(cfg: CfgNode, model: nn.Module, dataset: str, device: torch.device | str) -> ExtractedFeatures:
+def extract_test_features(cfg: CfgNode, model: nn.Module, dataset: str,
+                          device: torch.device | str) -> ExtractedFeatures:
     """Query and gallery features of one dataset."""
     data = build_test_loader(cfg, dataset)
     f, pids, camids, paths = extract_features(model, data.loader, device, cfg.TEST.FLIP, desc=dataset)

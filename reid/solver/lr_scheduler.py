@@ -27,6 +27,7 @@ def lr_factor(cfg: CfgNode, epoch: float) -> float:
     return decay
 
 
-def build_lr_scheduler(cfg: CfgNode, optimizer: torch.optim.Optimizer, iters_per_epoch: int) -> torch.optim.lr_scheduler.LambdaLR:
+def build_lr_scheduler(cfg: CfgNode, optimizer: torch.optim.Optimizer,
+                       iters_per_epoch: int) -> torch.optim.lr_scheduler.LambdaLR:
     """A LambdaLR stepped once per iteration."""
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda it: lr_factor(cfg, it / iters_per_epoch))
