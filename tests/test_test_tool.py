@@ -1,0 +1,63 @@
+"""tools/test.py: one model evaluated on several domains, results.json, pictures, fast failures."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import pytest
+
+from reid.config import config_to_dict, load_config
+from reid.engine.testing import test as run_test
+from reid.modeling import build_model
+from reid.utils.checkpoint import atomic_save
+from tests.conftest import tiny_train_opts
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def checkpoint(synthetic_root, tmp_path):
+    """A random-init model saved like a training checkpoint (with a classifier of 16 identities)."""
+    cfg = load_config("lfm_synthetic.yml", tiny_train_opts(synthetic_root, tmp_path / "train"))
+    path = tmp_path / "model.pth"
+    atomic_save({"model": build_model(cfg, num_classes=16).state_dict(), "config": config_to_dict(cfg)}, path)
+    return path
+
+
+def test_cross_domain_results_and_pictures(synthetic_root, tmp_path, checkpoint):
+    out = tmp_path / "eval"
+    cfg = load_config("lfm_synthetic.yml", tiny_train_opts(synthetic_root, out, "TEST.RERANK", "True"))
+    table = run_test(cfg, checkpoint, vis=2)
+    saved = json.loads((out / "results.json").read_text())["results"]
+    assert set(saved) == set(table) == {"synthetic_market", "synthetic_duke"}
+    for name, row in saved.items():
+        assert {"R1", "R5", "R10", "mAP", "mINP", "cmc", "rerank"} <= set(row)
+        assert row["R1"] <= row["R5"] <= row["R10"] and len(row["cmc"]) == cfg.TEST.MAX_RANK
+        plot = cv2.imread(str(out / f"cmc_{name}.png"))
+        assert plot is not None and plot.shape[0] > 100
+        lists = sorted((out / "ranked_lists" / name).iterdir())
+        assert len(lists) == 2 and all(cv2.imread(str(p)) is not None for p in lists)
+    assert (out / "test_config.yaml").is_file() and not (out / "config.yaml").exists()
+
+
+def test_cli_missing_target_dataset_fails_fast(synthetic_root, tmp_path, checkpoint):
+    cmd = [sys.executable, str(REPO / "tools" / "test.py"), "--weights", str(checkpoint),
+           "DATASETS.ROOT", str(synthetic_root), "OUTPUT_DIR", str(tmp_path / "x"),
+           "DATASETS.TEST", "('synthetic_market', 'dukemtmc')"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert "DukeMTMC-reID" in proc.stderr and "Traceback" not in proc.stderr
+    assert "datasets/README.md" in proc.stderr
+
+
+def test_checkpoint_of_another_architecture_is_refused(synthetic_root, tmp_path, checkpoint):
+    cfg = load_config("lfm_synthetic.yml", tiny_train_opts(synthetic_root, tmp_path / "x", "MODEL.BACKBONE",
+                                                           "resnet34"))
+    from reid.utils.errors import CheckpointError
+
+    with pytest.raises(CheckpointError, match="do not match the config"):
+        run_test(cfg, checkpoint)
