@@ -16,11 +16,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from reid.config import config_from_dict, load_config  # noqa: E402
 from reid.engine.attacking import attack  # noqa: E402
-from reid.engine.testing import resolve_weights  # noqa: E402
+from reid.engine.testing import config_and_weights  # noqa: E402
 from reid.evaluation.attacks import ATTACKS  # noqa: E402
-from reid.utils.checkpoint import load_checkpoint  # noqa: E402
 from reid.utils.cli import add_config_arguments, run_cli  # noqa: E402
 
 
@@ -62,14 +60,7 @@ def main() -> None:
     args = parser.parse_args()
     eps = _split_off_overrides(args.eps, args.opts)  # only the last option on the line can have swallowed any
     attacks = _split_off_overrides(args.attack, args.opts)
-    if args.config:
-        cfg = load_config(args.config, args.opts)
-        weights = resolve_weights(cfg, args.weights)
-    else:
-        if not args.weights:
-            parser.error("give --config or --weights")
-        weights = Path(args.weights)
-        cfg = config_from_dict(load_checkpoint(weights).get("config") or {}, args.opts)
+    cfg, weights = config_and_weights(args.config, args.weights, args.opts)
     attacks = attacks or ([cfg.TEST.ATTACK.NAME] if cfg.TEST.ATTACK.NAME else [])
     if not attacks:
         parser.error(f"name an attack with --attack ({', '.join(ATTACKS)}) or TEST.ATTACK.NAME")

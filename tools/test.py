@@ -13,9 +13,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from reid.config import config_from_dict, load_config  # noqa: E402
-from reid.engine.testing import resolve_weights, test  # noqa: E402
-from reid.utils.checkpoint import load_checkpoint  # noqa: E402
+from reid.engine.testing import config_and_weights, test  # noqa: E402
 from reid.utils.cli import add_config_arguments, run_cli  # noqa: E402
 
 
@@ -26,14 +24,7 @@ def main() -> None:
     parser.add_argument("--vis-mode", choices=("worst", "best", "random"), default="worst",
                         help="which queries --vis draws, by average precision")
     args = parser.parse_args()
-    if args.config:
-        cfg = load_config(args.config, args.opts)
-        weights = resolve_weights(cfg, args.weights)
-    else:
-        if not args.weights:
-            parser.error("give --config or --weights")
-        weights = Path(args.weights)
-        cfg = config_from_dict(load_checkpoint(weights).get("config") or {}, args.opts)
+    cfg, weights = config_and_weights(args.config, args.weights, args.opts)
     test(cfg, weights, vis=args.vis, vis_mode=args.vis_mode)
 
 

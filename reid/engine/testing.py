@@ -12,7 +12,9 @@ from reid.engine.hooks import write_results
 from reid.engine.inference import load_model_for_inference
 from reid.engine.training import setup_run
 from reid.evaluation.evaluator import evaluate_extracted, extract_test_features, format_results_table, result_row
-from reid.utils.errors import CheckpointError
+from reid.config import config_from_dict, load_config
+from reid.utils.checkpoint import load_checkpoint
+from reid.utils.errors import CheckpointError, ReIDError
 
 logger = logging.getLogger("reid.engine")
 
@@ -28,6 +30,16 @@ def resolve_weights(cfg: CfgNode, weights: str | None) -> Path:
     raise CheckpointError(
         f"No weights given and none found in {out} (best.pth or last.pth). Pass --weights PATH or train first."
     )
+
+
+def config_and_weights(config: str | None, weights: str | None, opts: list[str]) -> tuple[CfgNode, Path]:
+    """What the evaluation tools run on: ``--config`` (+ weights found from it), or the config in ``--weights``."""
+    if config:
+        cfg = load_config(config, opts)
+        return cfg, resolve_weights(cfg, weights)
+    if not weights:
+        raise ReIDError("Give --config (the training config) or --weights (a checkpoint that stores its config).")
+    return config_from_dict(load_checkpoint(weights).get("config") or {}, opts), Path(weights)
 
 
 def test(cfg: CfgNode, weights: str | Path, vis: int = 0, vis_mode: str = "worst") -> dict:
