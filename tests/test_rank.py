@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from reid.evaluation import rank
 from reid.evaluation.rank import RankResult, compute_distance_matrix, evaluate_features, evaluate_rank
 from reid.evaluation.reference import evaluate_rank_reference
 from reid.utils.errors import ReIDError
@@ -42,8 +43,16 @@ def assert_matches_reference(result: RankResult, reference: dict, max_rank: int)
     assert result.num_valid_queries == len(reference["query_indices"])
 
 
+@pytest.fixture(params=["auto", "candidates", "searchsorted"])
+def ranking_path(request, monkeypatch):
+    """Run a test with the automatic choice, or forcing one of the two ranking strategies."""
+    factors = {"auto": rank._SPARSE_CANDIDATE_FACTOR, "candidates": 0.0, "searchsorted": float("inf")}
+    monkeypatch.setattr(rank, "_SPARSE_CANDIDATE_FACTOR", factors[request.param])
+    return request.param
+
+
 @pytest.mark.parametrize("ties", [False, True], ids=["continuous", "integer-ties"])
-def test_evaluate_rank_matches_reference_on_many_random_problems(ties):
+def test_evaluate_rank_matches_reference_on_many_random_problems(ties, ranking_path):
     rng = np.random.default_rng(1 if ties else 2)
     checked = 0
     for _ in range(150):
@@ -61,7 +70,7 @@ def test_evaluate_rank_matches_reference_on_many_random_problems(ties):
     assert checked > 100
 
 
-def test_stable_tie_break_by_gallery_order_hand_computed():
+def test_stable_tie_break_by_gallery_order_hand_computed(ranking_path):
     # All distances equal: the ranking is the gallery order. True matches (pid 1, camera 1) at
     # gallery indices 1 and 3; index 2 is pid 1 in the query's camera (discarded).
     distmat = np.zeros((1, 5), dtype=np.float32)
@@ -73,14 +82,14 @@ def test_stable_tie_break_by_gallery_order_hand_computed():
     assert result.INP[0] == pytest.approx(2 / 3)
 
 
-def test_negative_zero_ties_with_zero():
+def test_negative_zero_ties_with_zero(ranking_path):
     # -0.0 == 0.0, so gallery order decides: the distractor at index 0 ranks first.
     distmat = np.array([[0.0, -0.0]], dtype=np.float32)
     result = evaluate_rank(distmat, [1], [0, 1], [0], [1, 1])
     assert result.AP[0] == pytest.approx(0.5)
 
 
-def test_negative_distances_are_ordered():
+def test_negative_distances_are_ordered(ranking_path):
     distmat = np.array([[0.5, -2.0, -1.0, 3.0]], dtype=np.float32)
     result = evaluate_rank(distmat, [1], [1, 2, 1, 3], [0], [1, 1, 1, 1], max_rank=4)
     # Order: -2 (pid 2), -1 (match), 0.5 (match), 3 -> matches at ranks 1 and 2.
@@ -122,14 +131,14 @@ def test_as_dict_and_short_max_rank():
 
 
 @pytest.mark.parametrize("bad, message", [
-    (dict(q_pids=[5]), "true match"),
-    (dict(g_pids=[1]), "g_pids"),
-    (dict(distmat=np.array([[np.nan, 0.0]], dtype=np.float32)), "NaN"),
-    (dict(max_rank=0), "max_rank"),
+    ({"q_pids": [5]}, "true match"),
+    ({"g_pids": [1]}, "g_pids"),
+    ({"distmat": np.array([[np.nan, 0.0]], dtype=np.float32)}, "NaN"),
+    ({"max_rank": 0}, "max_rank"),
 ])
 def test_user_errors_raise_reid_error(bad, message):
-    args = dict(distmat=np.array([[0.1, 0.2]], dtype=np.float32), q_pids=[1], g_pids=[1, 2],
-                q_camids=[0], g_camids=[1, 1], max_rank=5)
+    args = {"distmat": np.array([[0.1, 0.2]], dtype=np.float32), "q_pids": [1], "g_pids": [1, 2],
+            "q_camids": [0], "g_camids": [1, 1], "max_rank": 5}
     args.update(bad)
     with pytest.raises(ReIDError, match=message):
         evaluate_rank(**args)
@@ -232,3 +241,12 @@ def test_cuda_matches_reference_and_measures_memory():
                                memory_budget_bytes=1)
     assert_matches_reference(result, reference, 20)
     assert result.peak_memory_bytes > 0
+
+
+def test_public_api_is_importable_from_the_package():
+    import reid.evaluation as evaluation
+
+    assert evaluation.evaluate_features is evaluate_features
+    assert evaluation.evaluate_rank is evaluate_rank
+    assert evaluation.RankResult is RankResult
+    assert callable(evaluation.re_ranking)

@@ -7,13 +7,15 @@ excluded from every average; AP is non-interpolated (mean of the precision at ea
 queries whose first true match is at 0-based rank ``<= k``. Equal distances are ordered by gallery
 index, as a stable sort would.
 
-How it avoids sorting: the metrics only need the rank of each true match among the kept gallery
-images. Each distance is turned into an int64 key ``(float bits, gallery index)`` whose integer order
-is exactly the stable order of the distances. For a query, the keys of its few true matches are
-sorted; one ``searchsorted`` of every gallery key into them says how many true matches precede each
-image, and a per-query histogram of that count gives every true match's rank. Work is O(G log M) per
-query (M = true matches) instead of O(G log G), and it runs in blocks of queries sized from a memory
-budget, on the device the data lives on.
+How it avoids sorting every row: the metrics only need the rank of each true match among the kept
+gallery images. Each distance is turned into an int64 key ``(float bits, gallery index)`` whose
+integer order is exactly the stable order of the distances. Only images not farther than a query's
+hardest true match can precede one of its matches; with a useful model they are a small fraction of
+the gallery, and sorting just those gives the ranks. Otherwise (e.g. an untrained model) the keys of
+the query's few true matches are sorted and one ``searchsorted`` of every gallery key into them
+counts the matches preceding each image; a per-query histogram of those counts gives the ranks, in
+O(G log M) per query (M = true matches) instead of O(G log G). Queries are processed in blocks sized
+from a memory budget, on the device the data lives on.
 
 Distances are compared in float32 (as torchreid's and fast-reid's Cython evaluators do): float64
 input is rounded to float32 first, float16/bfloat16 input is widened exactly. NaN is rejected.
@@ -38,9 +40,9 @@ DEFAULT_CPU_BUDGET_BYTES = 256 * 2**20
 CUDA_BUDGET_FRACTION = 0.5
 
 # On CPU, ranks are computed on chunks of queries using about this much working memory whatever the
-# budget: measured fastest on Market-sized problems (larger chunks fall out of cache and pay page
-# faults on every fresh allocation).
-_CPU_RANK_CHUNK_BYTES = 16 * 2**20
+# budget: fastest on Market- and MSMT-sized problems on a 2-core CPU (smaller chunks pay per-chunk
+# overhead, larger ones fall out of cache and pay page faults on every fresh allocation).
+_CPU_RANK_CHUNK_BYTES = 48 * 2**20
 # Working bytes per (query, gallery) entry while ranks are computed, besides the float32 distance
 # itself: at the peak the int64 keys (8) and the int64 searchsorted result (8), plus 4 for the bool
 # candidate mask and slack (building negative keys needs the keys and an 8-byte sign temporary).
@@ -48,13 +50,14 @@ _RANK_BYTES_PER_ENTRY = 20
 # Bytes per (query, same-identity gallery image) pair: row and column int64 indices plus masks.
 _BYTES_PER_IDENTITY_PAIR = 40
 # Whole-call vectors: per gallery image 4 float32 (scale, squared norm, coefficient, offset) and
-# 4 int64 (pid, camera, index, identity order); per query 5 int64 (pid, camera, identity span
-# start/count, cumulative count) and 4 accumulated metrics.
+# 4 int64 (pid, camera, index, identity order); per query 4 int64 (pid, camera, identity span
+# start/count) and 4 accumulated metrics.
 _BYTES_PER_GALLERY_ITEM = 4 * 4 + 4 * 8
-_BYTES_PER_QUERY = 5 * 8 + 4 * 8
+_BYTES_PER_QUERY = 4 * 8 + 4 * 8
 _KEY_SENTINEL = torch.iinfo(torch.int64).max
 # Sort only the candidate images (those not farther than a query's hardest true match) when they are
-# at most 1/_SPARSE_CANDIDATE_FACTOR of the block: sorting costs more per image than searchsorted.
+# at most 1/_SPARSE_CANDIDATE_FACTOR of the block: on CPU, sorting costs about ten times more per
+# image than the searchsorted pass over every image.
 _SPARSE_CANDIDATE_FACTOR = 16
 _METRICS = ("euclidean", "cosine")
 
@@ -121,8 +124,9 @@ def evaluate_rank(
 
     # A chunk not already contiguous float32 is converted: one float32 copy of its rows.
     copy_row_bytes = 0 if dist.dtype == torch.float32 and dist.is_contiguous() else 4 * num_g
+    chunk_budget = _chunk_budget(device, budget, _CPU_RANK_CHUNK_BYTES)
     acc = _MetricAccumulator(num_q, device)
-    for start, end in _row_blocks(ids.rank_cost(copy_row_bytes), _rank_chunk_budget(device, budget)):
+    for start, end in _row_blocks(ids.rank_cost(copy_row_bytes), chunk_budget):
         chunk = dist[start:end].to(torch.float32).contiguous()
         acc.add(start, *_true_match_ranks(chunk, ids, start, end))
     return acc.result(max_rank)
@@ -165,7 +169,7 @@ def evaluate_features(
     distance = _BlockDistance(gallery, metric, normalize, device, feature_budget_bytes=budget // 4)
     # Vectors (ids, norms, per-query metrics) and the gallery conversion block live for the whole call.
     fixed_bytes = _BYTES_PER_GALLERY_ITEM * num_g + _BYTES_PER_QUERY * num_q + distance.block_bytes
-    chunk_budget = _rank_chunk_budget(device, budget // 2)
+    chunk_budget = _chunk_budget(device, budget // 2, _CPU_RANK_CHUNK_BYTES)
     # Per query row of a block: its float32 distances, and its features converted to float32 and
     # normalised (up to two float32 copies at once).
     block_row_bytes = 4 * num_g + 2 * 4 * query.shape[1]
@@ -226,7 +230,7 @@ class _Identities:
         self.span_count = torch.searchsorted(sorted_pids, self.q_pids, right=True) - self.span_start
 
     def rank_cost(self, extra_row_bytes: int) -> torch.Tensor:
-        """Working bytes of ranking each query (on CPU): gallery-wide buffers plus its identity pairs."""
+        """Working bytes of ranking each query: gallery-wide buffers plus its identity pairs."""
         row_bytes = self.num_gallery * _RANK_BYTES_PER_ENTRY + extra_row_bytes
         return row_bytes + self.span_count.cpu() * _BYTES_PER_IDENTITY_PAIR
 
@@ -242,9 +246,13 @@ class _Identities:
 def _expand_ranges(starts: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Flatten the ranges ``starts[r] : starts[r] + lengths[r]``: (range r, position) of each element."""
     owner = torch.repeat_interleave(torch.arange(lengths.numel(), device=lengths.device), lengths)
-    first = torch.cumsum(lengths, 0) - lengths
-    positions = starts[owner] + torch.arange(owner.numel(), device=lengths.device) - first[owner]
-    return owner, positions
+    return owner, starts[owner] + _index_within_group(owner, lengths)
+
+
+def _index_within_group(group: torch.Tensor, group_sizes: torch.Tensor) -> torch.Tensor:
+    """0-based position of each element within its group, for elements sorted by ``group``."""
+    group_start = torch.cumsum(group_sizes, 0) - group_sizes
+    return torch.arange(group.numel(), device=group.device) - group_start[group]
 
 
 def _ordered_keys(values: torch.Tensor, gallery_index: torch.Tensor, num_gallery: int,
@@ -293,9 +301,6 @@ def _true_match_ranks(
     junk_rows, junk_cols = rows[same_camera], cols[same_camera]
     num_queries, num_gallery = dist.shape
     num_matches = torch.bincount(match_rows, minlength=num_queries)
-    # slot of each true match among its query's matches (pairs come grouped by row)
-    slot = torch.arange(match_rows.numel(), device=dist.device) - (
-        torch.cumsum(num_matches, 0) - num_matches)[match_rows]
     width = int(num_matches.max()) + 1 if num_queries else 1
 
     hardest = torch.full((num_queries,), float("nan"), device=dist.device)  # NaN: no candidates
@@ -309,7 +314,7 @@ def _true_match_ranks(
     keys = _ordered_keys(dist, ids.gallery_index, num_gallery, nonnegative)
     keys[junk_rows, junk_cols] = _KEY_SENTINEL  # sorts after every true match: never counted
     match_keys = torch.full((num_queries, width), _KEY_SENTINEL, dtype=torch.int64, device=dist.device)
-    match_keys[match_rows, slot] = keys[match_rows, match_cols]
+    match_keys[match_rows, _index_within_group(match_rows, num_matches)] = keys[match_rows, match_cols]
     match_keys = torch.sort(match_keys, dim=1).values
     # matches_before[q, j] = number of true matches of q ranked before gallery image j. Image j
     # precedes the m-th true match iff matches_before <= m (m itself included, hence the -1 below).
@@ -333,14 +338,11 @@ def _ranks_among_candidates(
     rows, cols = rows[order], cols[order]
     # Junk is not a candidate, so a candidate of the query's identity is a true match.
     is_match = ids.g_pids[cols] == ids.q_pids[start + rows]
-    per_row = torch.bincount(rows, minlength=dist.shape[0])
-    position = torch.arange(rows.numel(), device=dist.device) - (torch.cumsum(per_row, 0) - per_row)[rows]
+    position = _index_within_group(rows, torch.bincount(rows, minlength=dist.shape[0]))
     match_rows, match_rank = rows[is_match], position[is_match]
     num_matches = torch.bincount(match_rows, minlength=dist.shape[0])
-    slot = torch.arange(match_rows.numel(), device=dist.device) - (
-        torch.cumsum(num_matches, 0) - num_matches)[match_rows]
     ranks = torch.zeros((dist.shape[0], width), dtype=torch.int64, device=dist.device)
-    ranks[match_rows, slot] = match_rank
+    ranks[match_rows, _index_within_group(match_rows, num_matches)] = match_rank
     return ranks
 
 
@@ -413,17 +415,17 @@ class _BlockDistance:
         self.block_bytes = min(self.rows_per_block, gallery.shape[0]) * dim * 4 if needs_copy else 0
         scales, sq_norms = [], []
         for block in self._gallery_blocks():
-            sq_norm = (block * block).sum(1)
-            scale = 1.0 / sq_norm.sqrt().clamp(min=1e-12) if self.unit_norm else torch.ones_like(sq_norm)
+            norm = torch.linalg.vector_norm(block, dim=1)  # a reduction: no block-sized temporary
+            scale = 1.0 / norm.clamp(min=1e-12) if self.unit_norm else torch.ones_like(norm)
             scales.append(scale)
-            sq_norms.append(sq_norm * scale * scale if self.unit_norm else sq_norm)
+            sq_norms.append((norm * scale) ** 2)
         empty = torch.zeros(0, device=device)
         scale = torch.cat(scales) if scales else empty
+        sq_norm = torch.cat(sq_norms) if sq_norms else empty
         # distance = offset + coef * (q . g): cosine 1 - s_g q.g; squared euclidean |g|^2 - 2 s_g q.g
         # (+ |q|^2 added per query row).
         self.coef = -scale if metric == "cosine" else -2.0 * scale
-        self.offset = torch.ones_like(scale) if metric == "cosine" else (torch.cat(sq_norms) if sq_norms
-                                                                          else empty)
+        self.offset = torch.ones_like(scale) if metric == "cosine" else sq_norm
 
     def _gallery_blocks(self):
         for start in range(0, self.gallery.shape[0], self.rows_per_block):
@@ -444,7 +446,7 @@ class _BlockDistance:
             torch.addcmul(self.offset[start:end], part, self.coef[start:end], out=part)
             start = end
         if self.metric != "cosine":
-            out.add_((query * query).sum(1, keepdim=True))
+            out.add_(torch.linalg.vector_norm(query, dim=1, keepdim=True) ** 2)
         if self.metric == "euclidean":
             out.clamp_(min=0).sqrt_()
         return out
@@ -468,7 +470,7 @@ def _labels(value: ArrayLike, name: str, length: int, device: torch.device) -> t
     if labels.numel() != length:
         raise ReIDError(f"{name} has {labels.numel()} entries but the distance matrix / features have "
                         f"{length}; ids and features must come from the same query/gallery split.")
-    if labels.is_floating_point() or labels.is_complex():
+    if labels.numel() and (labels.is_floating_point() or labels.is_complex()):
         raise ReIDError(f"{name} must hold integer ids, got dtype {labels.dtype}.")
     return labels.to(device=device, dtype=torch.int64)
 
@@ -506,9 +508,9 @@ def _memory_budget(device: torch.device, requested: int | None) -> int:
     return DEFAULT_CPU_BUDGET_BYTES
 
 
-def _rank_chunk_budget(device: torch.device, budget: int) -> int:
-    """Working memory for one ranking chunk: the budget, capped on CPU where small chunks are faster."""
-    return min(budget, _CPU_RANK_CHUNK_BYTES) if device.type == "cpu" else budget
+def _chunk_budget(device: torch.device, budget: int, cpu_cap: int) -> int:
+    """Working memory for one chunk: the budget, capped on CPU where cache-sized chunks run faster."""
+    return min(budget, cpu_cap) if device.type == "cpu" else budget
 
 
 def _row_blocks(cost: torch.Tensor, budget: int) -> list[tuple[int, int]]:
