@@ -1,5 +1,5 @@
 """FeatureExtractor on paths / BGR arrays / grayscale / tensors, folder extraction with parsed identities,
-search end to end, every bad-input path, and the tools/extract.py command line."""
+search end to end, every bad-input path, and the tools/extract.py and tools/search.py command lines."""
 
 from __future__ import annotations
 
@@ -180,8 +180,8 @@ def test_cuda_matches_cpu(setup, extractor) -> None:
     assert torch.allclose(on_gpu(torch.rand(2, 3, 64, 32, device="cuda")).cpu().norm(dim=1), torch.ones(2), atol=1e-4)
 
 
-def run_tool(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(REPO / "tools" / "extract.py"), *args], check=False, capture_output=True,
+def run_tool(*args: str, tool: str = "extract.py") -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(REPO / "tools" / tool), *args], check=False, capture_output=True,
                           text=True, cwd=REPO, timeout=120)
 
 
@@ -195,3 +195,16 @@ def test_extract_cli(setup, tmp_path) -> None:
     empty.mkdir()
     bad = run_tool("--weights", str(weights), "--images", str(empty), "--output", str(output))
     assert bad.returncode != 0 and "nothing_here" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_search_cli(setup, tmp_path) -> None:
+    weights, _, folder = setup
+    query = folder / "0002_c1s1_000451_03.jpg"
+    picture = tmp_path / "ranks.jpg"
+    ok = run_tool("--weights", str(weights), "--query", str(query), "--gallery", str(folder), "--topk", "2",
+                  "--vis", str(picture), tool="search.py")
+    assert ok.returncode == 0, ok.stderr
+    assert "0002_c1s1_000451_03.jpg" in ok.stdout and cv2.imread(str(picture)) is not None
+    missing = run_tool("--weights", str(weights), "--query", str(tmp_path / "nobody.jpg"), "--gallery", str(folder),
+                       tool="search.py")
+    assert missing.returncode != 0 and "nobody.jpg" in missing.stderr and "Traceback" not in missing.stderr

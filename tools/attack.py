@@ -19,7 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 from reid.engine.attacking import attack  # noqa: E402
 from reid.engine.testing import config_and_weights  # noqa: E402
 from reid.evaluation.attacks import ATTACKS  # noqa: E402
-from reid.utils.cli import add_config_arguments, run_cli  # noqa: E402
+from reid.utils.cli import add_config_arguments, parser_from_docstring, run_cli  # noqa: E402
 
 
 def _split_off_overrides(values: list[str] | None, opts: list[str]) -> list[str] | None:
@@ -40,9 +40,7 @@ def _budgets(words: list[str], parser: argparse.ArgumentParser) -> list[float]:
 
 
 def main() -> None:
-    parser = add_config_arguments(argparse.ArgumentParser(
-        description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="\n".join(__doc__.splitlines()[1:])))
+    parser = add_config_arguments(parser_from_docstring(__doc__))
     parser.add_argument("--weights", "-w", default=None, help="checkpoint (default: TEST.WEIGHTS, OUTPUT_DIR/best.pth)")
     parser.add_argument("--attack", nargs="+", metavar="NAME",
                         help=f"one or more of {', '.join(ATTACKS)} (default: TEST.ATTACK.NAME)")

@@ -10,7 +10,6 @@ float32. Each cell runs warm-up batches, then as many batches as fit in --second
 batch time. Other processes on the machine make the figures noisy: run twice and compare.
 """
 
-import argparse
 import statistics
 import sys
 import tempfile
@@ -28,7 +27,7 @@ from reid.config import load_config  # noqa: E402
 from reid.export.exportable import ExportableReID  # noqa: E402
 from reid.export.onnx_export import export_onnx, onnx_session, run_onnx  # noqa: E402
 from reid.modeling import build_model  # noqa: E402
-from reid.utils.cli import run_cli  # noqa: E402
+from reid.utils.cli import parser_from_docstring, run_cli  # noqa: E402
 
 WARMUP_BATCHES = 3
 
@@ -46,9 +45,7 @@ def median_batch_seconds(run: Callable[[], object], seconds: float) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter,
-                                     epilog="\n".join(__doc__.splitlines()[1:]))
+    parser = parser_from_docstring(__doc__)
     parser.add_argument("--backbone", default="resnet50")
     parser.add_argument("--size", type=int, nargs=2, default=(256, 128), metavar=("H", "W"))
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=(1, 32))

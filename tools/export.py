@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 from reid.export import FORMATS, export_model  # noqa: E402
 from reid.export.onnx_export import DEFAULT_OPSET  # noqa: E402
-from reid.utils.cli import add_config_arguments, run_cli  # noqa: E402
+from reid.utils.cli import add_config_arguments, parser_from_docstring, run_cli  # noqa: E402
 
 
 def batch_size(value: str) -> int | None:
@@ -35,9 +35,7 @@ def batch_size(value: str) -> int | None:
 
 
 def main() -> None:
-    parser = add_config_arguments(argparse.ArgumentParser(
-        description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="\n".join(__doc__.splitlines()[1:])))
+    parser = add_config_arguments(parser_from_docstring(__doc__))
     parser.add_argument("--weights", "-w", required=True, help="training checkpoint or release file")
     parser.add_argument("--format", "-f", required=True, choices=FORMATS, help="what to write")
     parser.add_argument("--output", "-o", required=True, help="file to write")

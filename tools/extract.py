@@ -9,7 +9,6 @@ The .npz holds ``features`` (N, D) float32, ``paths`` (relative to --images), ``
 Images: .jpg .jpeg .png .bmp, searched recursively. --weights is a training checkpoint or a release file.
 """
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -17,18 +16,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 from reid.export import FeatureExtractor, extract_folder  # noqa: E402
 from reid.export.folder_features import ProgressPrinter  # noqa: E402
-from reid.utils.cli import add_config_arguments, run_cli  # noqa: E402
+from reid.utils.cli import add_config_arguments, add_extractor_arguments, parser_from_docstring, run_cli  # noqa: E402
 
 
 def main() -> None:
-    parser = add_config_arguments(argparse.ArgumentParser(
-        description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="\n".join(__doc__.splitlines()[1:])))
-    parser.add_argument("--weights", "-w", required=True, help="training checkpoint or release file")
+    parser = add_extractor_arguments(add_config_arguments(parser_from_docstring(__doc__)))
     parser.add_argument("--images", "-i", required=True, help="folder of images (searched recursively)")
     parser.add_argument("--output", "-o", required=True, help=".npz file to write")
-    parser.add_argument("--batch-size", type=int, default=64, help="images per forward pass (default 64)")
-    parser.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: CUDA when available)")
     args = parser.parse_args()
     extractor = FeatureExtractor(args.weights, args.config, args.device, args.batch_size, args.opts)
     result = extract_folder(extractor, args.images, progress=ProgressPrinter("extract"))

@@ -9,29 +9,23 @@ when TEST.FEAT_NORM); the default is the config's TEST.METRIC. --vis draws one s
 query, then its top-k with rank and distance (framed green/red when file names carry identities).
 """
 
-import argparse
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 from reid.export import FeatureExtractor, search_folder  # noqa: E402
-from reid.utils.cli import add_config_arguments, run_cli  # noqa: E402
+from reid.utils.cli import add_config_arguments, add_extractor_arguments, parser_from_docstring, run_cli  # noqa: E402
 
 
 def main() -> None:
-    parser = add_config_arguments(argparse.ArgumentParser(
-        description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="\n".join(__doc__.splitlines()[1:])))
-    parser.add_argument("--weights", "-w", required=True, help="training checkpoint or release file")
+    parser = add_extractor_arguments(add_config_arguments(parser_from_docstring(__doc__)))
     parser.add_argument("--query", "-q", required=True, help="a query image or a folder of query images")
     parser.add_argument("--gallery", "-g", required=True, help="folder of gallery images (searched recursively)")
     parser.add_argument("--topk", "-k", type=int, default=10, help="results per query (default 10)")
     parser.add_argument("--metric", choices=("cosine", "euclidean"), default=None,
                         help="distance (default: the config's TEST.METRIC)")
     parser.add_argument("--vis", default=None, metavar="IMAGE", help="draw the results into this .jpg/.png")
-    parser.add_argument("--batch-size", type=int, default=64, help="images per forward pass (default 64)")
-    parser.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: CUDA when available)")
     args = parser.parse_args()
     extractor = FeatureExtractor(args.weights, args.config, args.device, args.batch_size, args.opts)
     results = search_folder(extractor, args.query, args.gallery, args.topk, args.metric)

@@ -29,3 +29,18 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPa
     parser.add_argument("opts", nargs=argparse.REMAINDER,
                         help="config overrides as KEY VALUE pairs, e.g. SOLVER.MAX_EPOCHS 2 DATASETS.ROOT /data")
     return parser
+
+
+def parser_from_docstring(doc: str) -> argparse.ArgumentParser:
+    """A parser whose description is the docstring's first line and whose epilog (examples) is the rest."""
+    lines = doc.strip().splitlines()
+    return argparse.ArgumentParser(description=lines[0], epilog="\n".join(lines[1:]),
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+
+
+def add_extractor_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """``--weights``, ``--batch-size`` and ``--device`` of the tools that run a FeatureExtractor."""
+    parser.add_argument("--weights", "-w", required=True, help="training checkpoint or release file")
+    parser.add_argument("--batch-size", type=int, default=64, help="images per forward pass (default 64)")
+    parser.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: CUDA when available)")
+    return parser
