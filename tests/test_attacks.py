@@ -216,3 +216,11 @@ def test_cli_reports_missing_weights_without_traceback(tmp_path):
     assert result.returncode != 0
     assert "missing.pth" in result.stderr and "does not exist" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_euclidean_distance_matches_cdist():
+    a, b = torch.randn(5, 16), torch.randn(7, 16)
+    expected = torch.cdist(a, b) ** 2
+    assert torch.allclose(pairwise_distance(a, b, "euclidean", normalize=False), expected, atol=1e-4)
+    unit = torch.cdist(torch.nn.functional.normalize(a), torch.nn.functional.normalize(b)) ** 2
+    assert torch.allclose(pairwise_distance(a, b, "euclidean", normalize=True), unit, atol=1e-5)

@@ -47,5 +47,14 @@ def test_parameter_groups_follow_config():
     model[1].bias.requires_grad_(False)  # frozen parameters (the BNNeck bias) are left out
     groups = {(g["lr"], g["weight_decay"]): len(g["params"]) for g in parameter_groups(cfg, model)}
     lr = cfg.SOLVER.BASE_LR
+    # conv + linear weights; conv + linear biases; the BatchNorm weight (its bias is frozen)
     assert groups == {(lr, 5e-4): 2, (2 * lr, 0.0): 2, (lr, 0.0): 1}
     assert isinstance(build_optimizer(cfg, model), torch.optim.SGD)
+
+
+def test_bias_lr_factor_reaches_normalisation_biases():
+    cfg = load_config(None, ["SOLVER.BIAS_LR_FACTOR", "2.0", "SOLVER.WEIGHT_DECAY_NORM", "0.0"])
+    norm = torch.nn.BatchNorm1d(3)
+    groups = {id(p): (g["lr"], g["weight_decay"]) for g in parameter_groups(cfg, norm) for p in g["params"]}
+    lr = cfg.SOLVER.BASE_LR
+    assert groups[id(norm.weight)] == (lr, 0.0) and groups[id(norm.bias)] == (2 * lr, 0.0)

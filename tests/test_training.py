@@ -13,7 +13,7 @@ import torch
 
 from reid.config import load_config
 from reid.engine.trainer import NonFiniteLossError
-from reid.engine.training import train
+from reid.engine.training import setup_run, train
 from reid.modeling.losses import ReIDLoss
 from reid.utils.checkpoint import load_checkpoint
 from tests.conftest import tiny_train_opts
@@ -53,12 +53,24 @@ def test_resume_reaches_the_same_weights(synthetic_root, tmp_path):
                        tiny_train_opts(synthetic_root, tmp_path / "half", *common, "SOLVER.MAX_EPOCHS", "1"))
     train(half)
     resumed = load_config("bot_synthetic.yml", tiny_train_opts(synthetic_root, tmp_path / "half", *common))
-    train(resumed, resume=True)
+    results = train(resumed, resume=True)
     a = load_checkpoint(tmp_path / "full" / "last.pth")
     b = load_checkpoint(tmp_path / "half" / "last.pth")
     assert a["epoch"] == b["epoch"] == 2 and a["iteration"] == b["iteration"]
     for key, value in a["model"].items():
         assert torch.equal(value, b["model"][key]), key
+    # Resuming a finished run trains nothing and keeps its results.
+    summary = (tmp_path / "half" / "results.json").read_text()
+    assert train(resumed, resume=True) == results and results
+    assert (tmp_path / "half" / "results.json").read_text() == summary
+    assert load_checkpoint(tmp_path / "half" / "last.pth")["iteration"] == b["iteration"]
+
+
+def test_negative_seed_draws_one_and_saves_it(tmp_path):
+    cfg = load_config(None, ["SEED", "-1", "OUTPUT_DIR", str(tmp_path)])
+    setup_run(cfg)
+    assert cfg.SEED >= 0 and cfg.is_frozen()
+    assert load_config(tmp_path / "config.yaml").SEED == cfg.SEED  # the saved config replays the run
 
 
 def test_non_finite_loss_stops_with_context(synthetic_root, tmp_path, monkeypatch):

@@ -62,7 +62,6 @@ class Trainer:
         self.iter = 0
         self.last_metrics: dict[str, float] = {}
         self.last_checkpoint: str | None = None
-        self.stop_requested = False
 
         on_cuda = device.type == "cuda"
         self.channels_last = on_cuda and cfg.SOLVER.CHANNELS_LAST
@@ -88,8 +87,10 @@ class Trainer:
             self.epoch = epoch
             # Re-seeding from (seed, epoch) makes each epoch's randomness (sampling, augmentation,
             # LFM masks) independent of what came before, so a resumed run matches an uninterrupted one.
+            # Each DDP rank gets its own stream (far from other epochs' seeds), or every rank would
+            # draw the same masks for its samples; rank 0 keeps the single-process seed.
             epoch_seed = self.cfg.SEED * 1_000_003 + epoch
-            seed_everything(epoch_seed)
+            seed_everything(epoch_seed + comm.get_rank() * 2**48)
             if getattr(self.loader, "generator", None) is not None:  # loader workers' base seeds
                 self.loader.generator.manual_seed(epoch_seed * 64 + comm.get_rank())
             if hasattr(self.sampler, "set_epoch"):
@@ -101,8 +102,6 @@ class Trainer:
                 self.iter += 1
                 self._call_hooks("after_step")
             self._call_hooks("after_epoch")
-            if self.stop_requested:
-                break
         self._call_hooks("after_train")
 
     def run_step(self, batch: dict) -> None:

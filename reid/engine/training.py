@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 
@@ -16,7 +17,7 @@ from reid.modeling import ReIDLoss, build_model
 from reid.solver import build_center_optimizer, build_lr_scheduler, build_optimizer
 from reid.utils import comm
 from reid.utils.checkpoint import load_checkpoint, set_rng_state
-from reid.utils.env import resolve_device, seed_everything
+from reid.utils.env import random_seed, resolve_device, seed_everything
 from reid.utils.errors import CheckpointError
 from reid.utils.logger import setup_logger
 
@@ -30,6 +31,14 @@ def setup_run(cfg: CfgNode, config_name: str = "config.yaml") -> torch.device:
     """
     comm.init_distributed_from_env()
     setup_logger(cfg.OUTPUT_DIR, comm.get_rank())
+    if cfg.SEED < 0:  # drawn once, shared by every rank, and written into the saved config
+        seed = comm.broadcast_object(random_seed())
+        logger.info(f"SEED {cfg.SEED} < 0: drew the random seed {seed}.")
+        was_frozen = cfg.is_frozen()
+        cfg.defrost()
+        cfg.SEED = seed
+        if was_frozen:
+            cfg.freeze()
     device = comm.local_device(resolve_device(cfg.DEVICE))
     if cfg.DETERMINISTIC:
         torch.use_deterministic_algorithms(True, warn_only=True)
@@ -65,6 +74,10 @@ def train(cfg: CfgNode, resume: bool = False) -> dict:
     trainer.num_classes = data.num_classes
     if resume:
         _resume(trainer, Path(cfg.OUTPUT_DIR) / "last.pth")
+        if trainer.start_epoch >= trainer.max_epochs:
+            logger.info(f"--resume: the run in {cfg.OUTPUT_DIR} already finished its {trainer.max_epochs} epochs; "
+                        "nothing to train (raise SOLVER.MAX_EPOCHS to continue, or evaluate with tools/test.py).")
+            return _previous_results(Path(cfg.OUTPUT_DIR))
 
     if comm.get_world_size() > 1:
         trainer.model = torch.nn.parallel.DistributedDataParallel(
@@ -83,6 +96,14 @@ def _evaluate(cfg: CfgNode, model: torch.nn.Module, device: torch.device) -> dic
     from reid.evaluation.evaluator import evaluate_datasets
 
     return evaluate_datasets(cfg, model, device)
+
+
+def _previous_results(output_dir: Path) -> dict:
+    """The results a finished run wrote (empty when it wrote none)."""
+    try:
+        return json.loads((output_dir / "results.json").read_text()).get("results", {})
+    except (OSError, ValueError):
+        return {}
 
 
 def _resume(trainer: Trainer, path: Path) -> None:
@@ -106,6 +127,7 @@ def _resume(trainer: Trainer, path: Path) -> None:
         ) from exc
     set_rng_state(state["rng"])
     trainer.start_epoch = state["epoch"]
+    trainer.epoch = state["epoch"] - 1  # the last epoch completed (0-based), until training goes on
     trainer.iter = state["iteration"]
     trainer.best = state.get("best")
     trainer.last_checkpoint = str(path)

@@ -101,7 +101,8 @@ def pairwise_distance(a: torch.Tensor, b: torch.Tensor, metric: str = "cosine", 
     a, b = _prepare(a, metric, normalize), _prepare(b, metric, normalize)
     if metric == "cosine":
         return 1 - a @ b.T
-    return (a.unsqueeze(1) - b.unsqueeze(0)).pow(2).sum(-1)
+    # |a|^2 + |b|^2 - 2 a.b: no (N, M, D) difference tensor kept alive for the backward pass
+    return ((a * a).sum(1, keepdim=True) + (b * b).sum(1) - 2 * a @ b.T).clamp(min=0)
 
 
 def feature_disruption(clean_features: torch.Tensor, metric: str = "cosine", normalize: bool = True) -> Objective:

@@ -74,7 +74,9 @@ def evaluate_extracted(cfg: CfgNode, extracted: ExtractedFeatures, rerank: bool 
     results = {"plain": evaluate_features(qf, gf, q_pids, g_pids, q_camids, g_camids, metric=cfg.TEST.METRIC,
                                           normalize=cfg.TEST.FEAT_NORM, max_rank=cfg.TEST.MAX_RANK)}
     if cfg.TEST.RERANK if rerank is None else rerank:
-        if cfg.TEST.FEAT_NORM:
+        # Re-ranking works on euclidean distances: for the cosine metric they must be of unit features
+        # too, or the re-ranked row would rank by another distance than the plain one.
+        if cfg.TEST.FEAT_NORM or cfg.TEST.METRIC == "cosine":
             qf, gf = nn.functional.normalize(qf, dim=1), nn.functional.normalize(gf, dim=1)
         dist = re_ranking(qf, gf, k1=cfg.TEST.RERANK_K1, k2=cfg.TEST.RERANK_K2, lambda_value=cfg.TEST.RERANK_LAMBDA)
         results["rerank"] = evaluate_rank(dist, q_pids, g_pids, q_camids, g_camids, max_rank=cfg.TEST.MAX_RANK)
@@ -102,7 +104,8 @@ def evaluate_datasets(cfg: CfgNode, model: nn.Module, device: torch.device | str
 
 def format_results_table(table: dict[str, dict]) -> str:
     """A Markdown table, one row per dataset (and per re-ranked variant), metrics in percent."""
-    cols = ["R1", "R5", "R10", "mAP", "mINP"]
+    # R5/R10 are absent when TEST.MAX_RANK is below them
+    cols = [c for c in ("R1", "R5", "R10", "mAP", "mINP") if all(c in row for row in table.values())]
     lines = ["| dataset | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
     for name, row in table.items():
         lines.append(f"| {name} | " + " | ".join(f"{100 * row[c]:.1f}" for c in cols) + " |")

@@ -19,12 +19,12 @@ def parameter_groups(cfg: CfgNode, model: nn.Module) -> list[dict]:
             if not param.requires_grad or id(param) in seen:
                 continue  # e.g. the BNNeck's frozen bias
             seen.add(id(param))
+            # As in BoT, the bias lr factor applies to every bias, normalisation layers' included.
+            lr = s.BASE_LR * s.BIAS_LR_FACTOR if name == "bias" else s.BASE_LR
             if isinstance(module, _NORM_TYPES):
-                key = (s.BASE_LR, s.WEIGHT_DECAY_NORM)
-            elif name == "bias":
-                key = (s.BASE_LR * s.BIAS_LR_FACTOR, s.WEIGHT_DECAY_BIAS)
+                key = (lr, s.WEIGHT_DECAY_NORM)
             else:
-                key = (s.BASE_LR, s.WEIGHT_DECAY)
+                key = (lr, s.WEIGHT_DECAY_BIAS if name == "bias" else s.WEIGHT_DECAY)
             groups.setdefault(key, []).append(param)
     return [{"params": params, "lr": lr, "initial_lr": lr, "weight_decay": wd} for (lr, wd), params in groups.items()]
 

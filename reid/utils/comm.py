@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
@@ -42,7 +43,9 @@ def init_distributed_from_env() -> bool:
     backend = "nccl" if torch.cuda.is_available() else "gloo"
     if backend == "nccl":
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-    dist.init_process_group(backend=backend)
+    # Other ranks wait at a barrier while rank 0 evaluates; the default 10-minute NCCL timeout is too
+    # short for MSMT17-sized evaluation with re-ranking.
+    dist.init_process_group(backend=backend, timeout=timedelta(hours=2))
     return True
 
 
@@ -60,3 +63,12 @@ def all_reduce_mean(value: torch.Tensor) -> torch.Tensor:
     value = value.clone()
     dist.all_reduce(value)
     return value / get_world_size()
+
+
+def broadcast_object(value: object) -> object:
+    """Rank 0's ``value`` on every rank (any picklable object)."""
+    if get_world_size() == 1:
+        return value
+    holder = [value]
+    dist.broadcast_object_list(holder, src=0)
+    return holder[0]

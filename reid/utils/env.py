@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import secrets
 
 import numpy as np
 import torch
@@ -15,6 +16,11 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
+
+
+def random_seed() -> int:
+    """A fresh seed from the OS (31 bits, so it reads well in logs), for runs configured with SEED < 0."""
+    return secrets.randbits(31)
 
 
 def resolve_device(name: str) -> str:
