@@ -52,13 +52,23 @@ def test_malicious_checkpoint_does_not_run(tmp_path, monkeypatch):
     assert not (tmp_path / "pwned.txt").exists()
 
 
-@pytest.mark.parametrize("content, message", [(b"not a zip", "Cannot read"), (None, "does not exist")])
+@pytest.mark.parametrize("content, message", [(b"not a zip", "Cannot read.*not a torch checkpoint"),
+                                              (None, "does not exist"), (b"", "empty"), (b"\x08\x07", "ONNX export")])
 def test_bad_checkpoint_files(tmp_path, content, message):
-    path = tmp_path / "ckpt.pth"
+    path = tmp_path / ("model.onnx" if content == b"\x08\x07" else "ckpt.pth")
     if content is not None:
         path.write_bytes(content)
     with pytest.raises(CheckpointError, match=message):
         load_checkpoint(path)
+
+
+def test_folder_and_torchscript_export_are_named_for_what_they_are(tmp_path):
+    with pytest.raises(CheckpointError, match="is a folder"):
+        load_checkpoint(tmp_path)
+    scripted = tmp_path / "model.pt"
+    torch.jit.save(torch.jit.script(torch.nn.Linear(2, 2)), scripted)
+    with pytest.raises(CheckpointError, match="TorchScript export"):
+        load_checkpoint(scripted)
 
 
 def test_tensor_file_that_is_not_a_checkpoint(tmp_path):

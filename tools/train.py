@@ -18,8 +18,10 @@ from reid.utils.cli import add_config_arguments, run_cli  # noqa: E402
 def main() -> None:
     parser = add_config_arguments(argparse.ArgumentParser(description=__doc__.splitlines()[0]))
     parser.add_argument("--resume", action="store_true", help="continue from OUTPUT_DIR/last.pth if it exists")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="train from scratch even if OUTPUT_DIR already holds a run (replaces its checkpoints)")
     args = parser.parse_args()
-    train(load_config(args.config, args.opts), resume=args.resume)
+    train(load_config(args.config, args.opts), resume=args.resume, overwrite=args.overwrite)
 
 
 if __name__ == "__main__":

@@ -31,6 +31,8 @@ def resolve_config_path(name: str | Path) -> Path:
     for candidate in candidates:
         if candidate.is_file():
             return candidate
+    if path.is_dir():
+        raise ConfigError(f"Config {str(name)!r} is a folder; pass a .yml file (e.g. {path}/config.yaml of a run).")
     known = sorted(p.relative_to(CONFIGS_DIR).as_posix() for p in CONFIGS_DIR.rglob("*.yml"))
     close = difflib.get_close_matches(path.name, known, n=1)
     hint = f" Did you mean {close[0]!r}?" if close else ""
@@ -55,7 +57,10 @@ def _read_yaml(path: Path, chain: tuple[Path, ...] = ()) -> dict:
         return data
     base_path = (path.parent / base) if not Path(base).is_absolute() else Path(base)
     if not base_path.is_file():
-        base_path = resolve_config_path(base)
+        try:
+            base_path = resolve_config_path(base)
+        except ConfigError as exc:
+            raise ConfigError(f"{path} inherits from a missing file (_BASE_: {base}). {exc}") from exc
     merged = _read_yaml(base_path.resolve(), chain + (path,))
     _deep_update(merged, data)
     return merged
@@ -135,10 +140,16 @@ def _merge(cfg: CN, updates: dict, source: str, prefix: str = "") -> None:
 
 def overrides_to_dict(opts: Sequence[str]) -> dict:
     """``["SOLVER.MAX_EPOCHS", "2", ...]`` as a nested dict of raw values."""
-    if len(opts) % 2:
+    if len(opts) % 2 and not any(word.startswith("--") for word in opts):
         raise ConfigError(
             f"Overrides must come in KEY VALUE pairs; got an odd number of words: {' '.join(opts)}. "
             "Quote values holding spaces, e.g. DATASETS.TEST \"('market1501', 'dukemtmc')\"."
+        )
+    options = [word for word in opts[0::2] if word.startswith("-")]
+    if options:
+        raise ConfigError(
+            f"{options[0]} appears among the KEY VALUE overrides; options such as --weights must come before "
+            "the first override (everything after it is read as config keys and values)."
         )
     nested: dict = {}
     for key, value in zip(opts[0::2], opts[1::2]):
@@ -211,6 +222,19 @@ def finalize_config(cfg: CN) -> None:
             f"SOLVER.IMS_PER_BATCH ({cfg.SOLVER.IMS_PER_BATCH}) must be a multiple of DATALOADER.NUM_INSTANCE "
             f"({cfg.DATALOADER.NUM_INSTANCE}) for the PK sampler."
         )
+    positive = {"SOLVER.BASE_LR": cfg.SOLVER.BASE_LR, "SOLVER.MAX_EPOCHS": cfg.SOLVER.MAX_EPOCHS,
+                "SOLVER.IMS_PER_BATCH": cfg.SOLVER.IMS_PER_BATCH, "TEST.IMS_PER_BATCH": cfg.TEST.IMS_PER_BATCH,
+                "DATALOADER.NUM_INSTANCE": cfg.DATALOADER.NUM_INSTANCE, "TEST.MAX_RANK": cfg.TEST.MAX_RANK,
+                "SOLVER.LOG_PERIOD": cfg.SOLVER.LOG_PERIOD}
+    non_negative = {"DATALOADER.NUM_WORKERS": cfg.DATALOADER.NUM_WORKERS,
+                    "SOLVER.WARMUP_EPOCHS": cfg.SOLVER.WARMUP_EPOCHS, "TEST.EVAL_PERIOD": cfg.TEST.EVAL_PERIOD,
+                    "SOLVER.CHECKPOINT_PERIOD": cfg.SOLVER.CHECKPOINT_PERIOD}
+    for key, value in positive.items():
+        if value <= 0:
+            raise ConfigError(f"Config key {key} must be positive, got {value}.")
+    for key, value in non_negative.items():
+        if value < 0:
+            raise ConfigError(f"Config key {key} must be 0 or more, got {value}.")
     for key in ("INPUT.SIZE_TRAIN", "INPUT.SIZE_TEST"):
         size = cfg.INPUT.SIZE_TRAIN if key.endswith("TRAIN") else cfg.INPUT.SIZE_TEST
         if len(size) != 2 or min(size) <= 0:

@@ -76,8 +76,11 @@ class AttackRun:
         return self.key.replace("/", "_")
 
 
-def plan_runs(attacks: Sequence[str], objectives: Sequence[str], eps_list: Sequence[float]) -> list[AttackRun]:
-    """Every (attack, objective, eps) combination, validated."""
+def plan_runs(attacks: Sequence[str], objectives: Sequence[str], eps_list: Sequence[float],
+              steps: int | None = None) -> list[AttackRun]:
+    """Every (attack, objective, eps) combination, validated (with ``steps`` when given)."""
+    if steps is not None and steps < 1:
+        raise ConfigError(f"Attack steps must be 1 or more, got {steps}.")
     for value, allowed, what in ((attacks, ATTACKS, "attack"), (objectives, OBJECTIVES, "objective")):
         unknown = [v for v in value if v not in allowed]
         if unknown or not value:
@@ -238,7 +241,11 @@ def attack(cfg: CfgNode, weights: str | Path, attacks: Sequence[str], eps_list: 
            objectives: Sequence[str], steps: int, vis: int = 0, save_adv: str | Path | None = None) -> dict:
     """What ``tools/attack.py`` does: attack the queries of every DATASETS.TEST entry with ``weights``,
     log a table and write ``OUTPUT_DIR/results.json`` (with the settings under ``"attack"``)."""
-    plan_runs(attacks, objectives, eps_list)  # fail on bad settings before loading anything
+    plan_runs(attacks, objectives, eps_list, steps)  # fail on bad settings before loading anything
+    if vis < 0:
+        raise ConfigError(f"--vis takes a number of queries (0 or more), got {vis}.")
+    if save_adv is not None:
+        Path(save_adv).mkdir(parents=True, exist_ok=True)  # an unwritable folder fails now, not after the attack
     device = setup_run(cfg, config_name="attack_config.yaml")
     check_datasets(cfg.DATASETS.TEST, cfg.DATASETS.ROOT)
     model, cfg = load_model_for_inference(weights, cfg, device)

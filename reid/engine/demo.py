@@ -33,7 +33,7 @@ def run_demo(root: str = "datasets", output_dir: str = "output/demo", opts: tupl
         run_dir = Path(output_dir) / Path(config).stem
         cfg = load_config(config, ["DATASETS.ROOT", root, "OUTPUT_DIR", str(run_dir), *opts])
         logger.info(f"=== {label}: training {config} -> {run_dir}")
-        table[label] = train(cfg)
+        table[label] = train(cfg, overwrite=True)  # the demo's outputs are remade on every run
         weights[label] = run_dir / "last.pth"
     if export:
         from reid.export import export_model

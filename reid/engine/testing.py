@@ -14,7 +14,7 @@ from reid.engine.training import setup_run
 from reid.evaluation.evaluator import evaluate_extracted, extract_test_features, format_results_table, result_row
 from reid.config import config_from_dict, load_config
 from reid.utils.checkpoint import load_checkpoint
-from reid.utils.errors import CheckpointError, ReIDError
+from reid.utils.errors import CheckpointError, ConfigError, ReIDError
 
 logger = logging.getLogger("reid.engine")
 
@@ -44,6 +44,11 @@ def config_and_weights(config: str | None, weights: str | None, opts: list[str])
 
 def test(cfg: CfgNode, weights: str | Path, vis: int = 0, vis_mode: str = "worst") -> dict:
     """Evaluate ``weights`` on each test dataset; write results.json, CMC plots and optional ranked lists."""
+    if not cfg.DATASETS.TEST:
+        raise ConfigError("DATASETS.TEST is empty: name the datasets to evaluate, e.g. "
+                          "DATASETS.TEST \"('market1501', 'dukemtmc')\".")
+    if vis < 0:
+        raise ConfigError(f"--vis takes a number of queries per dataset (0 or more), got {vis}.")
     device = setup_run(cfg, config_name="test_config.yaml")
     check_datasets(cfg.DATASETS.TEST, cfg.DATASETS.ROOT)
     model, cfg = load_model_for_inference(weights, cfg, device)

@@ -18,7 +18,7 @@ from reid.solver import build_center_optimizer, build_lr_scheduler, build_optimi
 from reid.utils import comm
 from reid.utils.checkpoint import load_checkpoint, set_rng_state
 from reid.utils.env import random_seed, resolve_device, seed_everything
-from reid.utils.errors import CheckpointError
+from reid.utils.errors import CheckpointError, ReIDError, summarize_exception
 from reid.utils.logger import setup_logger
 
 logger = logging.getLogger("reid.engine")
@@ -47,8 +47,13 @@ def setup_run(cfg: CfgNode, config_name: str = "config.yaml") -> torch.device:
     return device
 
 
-def train(cfg: CfgNode, resume: bool = False) -> dict:
-    """Train with the configured model, losses and schedule; return the final evaluation results."""
+def train(cfg: CfgNode, resume: bool = False, overwrite: bool = False) -> dict:
+    """Train with the configured model, losses and schedule; return the final evaluation results.
+
+    An OUTPUT_DIR that already holds a run is continued with ``resume``, replaced with ``overwrite``,
+    and otherwise refused, so a finished model is never lost to a repeated command.
+    """
+    _check_output_dir(Path(cfg.OUTPUT_DIR), resume, overwrite)
     device = setup_run(cfg)
     logger.info(f"Training on {device} ({comm.get_world_size()} process(es)); outputs in {cfg.OUTPUT_DIR}")
     # Every dataset the run will touch is checked now, not after hours of training.
@@ -98,6 +103,15 @@ def _evaluate(cfg: CfgNode, model: torch.nn.Module, device: torch.device) -> dic
     return evaluate_datasets(cfg, model, device)
 
 
+def _check_output_dir(output_dir: Path, resume: bool, overwrite: bool) -> None:
+    existing = [name for name in ("last.pth", "best.pth") if (output_dir / name).is_file()]
+    if existing and not (resume or overwrite):
+        raise ReIDError(
+            f"OUTPUT_DIR {output_dir} already holds a training run ({', '.join(existing)}). Continue it with "
+            "--resume, train into another OUTPUT_DIR, or pass --overwrite to replace its checkpoints and config."
+        )
+
+
 def _previous_results(output_dir: Path) -> dict:
     """The results a finished run wrote (empty when it wrote none)."""
     try:
@@ -122,7 +136,7 @@ def _resume(trainer: Trainer, path: Path) -> None:
         trainer.scaler.load_state_dict(state["scaler"])
     except (RuntimeError, KeyError, ValueError) as exc:
         raise CheckpointError(
-            f"Cannot resume from {path}: it does not match this config ({str(exc).splitlines()[0]}). Resume with "
+            f"Cannot resume from {path}: it does not match this config ({summarize_exception(exc)}). Resume with "
             "the config the run was started with (OUTPUT_DIR/config.yaml), or use another OUTPUT_DIR."
         ) from exc
     set_rng_state(state["rng"])

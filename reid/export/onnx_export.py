@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from reid.utils.errors import ReIDError
+from reid.utils.errors import ReIDError, summarize_exception
 
 INPUT_NAME = "images"
 OUTPUT_NAME = "features"
@@ -50,7 +50,7 @@ def export_onnx(module: nn.Module, path: str | Path, input_size: tuple[int, int]
                               output_names=[OUTPUT_NAME], dynamic_axes=dynamic_axes, opset_version=opset,
                               do_constant_folding=True, dynamo=False)
         except Exception as exc:  # an unsupported opset or operator: say which, without a traceback
-            raise ReIDError(f"ONNX export to {path} failed (opset {opset}): {str(exc).splitlines()[0]}") from exc
+            raise ReIDError(f"ONNX export to {path} failed (opset {opset}): {summarize_exception(exc)}") from exc
     return Path(path)
 
 
@@ -85,7 +85,7 @@ def onnx_session(path: str | Path, threads: int | None = None, spinning: bool = 
     try:
         return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     except Exception as exc:  # e.g. an operator without a CPU kernel for this dtype
-        raise ReIDError(f"ONNX Runtime cannot load {path}: {str(exc).splitlines()[0]}") from exc
+        raise ReIDError(f"ONNX Runtime cannot load {path}: {summarize_exception(exc)}") from exc
 
 
 def run_onnx(session, images: torch.Tensor) -> np.ndarray:

@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from reid.utils.errors import ReIDError
+from reid.utils.errors import ReIDError, summarize_exception
 
 # TorchScript operators that draw random numbers: a train-only regulariser leaking into the graph.
 RANDOM_OPS = frozenset({"aten::rand", "aten::rand_like", "aten::randn", "aten::randn_like", "aten::randint",
@@ -32,7 +32,7 @@ def export_torchscript(module: nn.Module, path: str | Path, input_size: tuple[in
         try:
             traced = torch.jit.trace(module.eval(), example, check_trace=False)
         except Exception as exc:
-            raise ReIDError(f"TorchScript tracing for {path} failed: {str(exc).splitlines()[0]}") from exc
+            raise ReIDError(f"TorchScript tracing for {path} failed: {summarize_exception(exc)}") from exc
         torch.jit.save(traced, str(path))
     return Path(path)
 
@@ -44,7 +44,7 @@ def load_torchscript(path: str | Path) -> torch.jit.ScriptModule:
         try:
             return torch.jit.load(str(path), map_location="cpu").eval()
         except Exception as exc:
-            raise ReIDError(f"Cannot load TorchScript file {path}: {str(exc).splitlines()[0]}") from exc
+            raise ReIDError(f"Cannot load TorchScript file {path}: {summarize_exception(exc)}") from exc
 
 
 def torchscript_operators(module: torch.jit.ScriptModule) -> set[str]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import random
 import tempfile
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -48,21 +49,51 @@ def _umask() -> int:
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict:
     """Read a checkpoint without executing code from it; a clear CheckpointError otherwise."""
     path = Path(path)
+    if path.is_dir():
+        raise CheckpointError(f"Checkpoint {path} is a folder; pass a checkpoint file in it (e.g. {path}/best.pth).")
     if not path.is_file():
         raise CheckpointError(f"Checkpoint {path} does not exist.")
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"Checkpoint {path} is empty (0 bytes): an interrupted copy or write? Use another file.")
+    export_kind = _export_kind(path)
+    if export_kind:
+        raise CheckpointError(
+            f"{path} is a {export_kind} export (tools/export.py), made for deployment; it cannot be loaded back "
+            "for training or evaluation. Pass the training checkpoint (OUTPUT_DIR/best.pth or last.pth) or a "
+            "release file (tools/export.py --format release).")
     try:
         data = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:
-        raise CheckpointError(
-            f"Cannot read checkpoint {path}: {str(exc).splitlines()[0]}. It is corrupt, truncated, not a "
-            "torch file, or holds objects that would need arbitrary code to load (refused on purpose)."
-        ) from exc
+        raise CheckpointError(f"Cannot read checkpoint {path}: {_load_failure(exc)}") from exc
     if not isinstance(data, dict) or "model" not in data or not isinstance(data["model"], dict):
         raise CheckpointError(
             f"{path} is not a model checkpoint of this toolkit: expected a mapping with a 'model' state dict "
             "(written by tools/train.py or tools/export.py --format release)."
         )
     return data
+
+
+def _export_kind(path: Path) -> str | None:
+    """'TorchScript' or 'ONNX' when the file is one of our exports, else None."""
+    if path.suffix.lower() == ".onnx":
+        return "ONNX"
+    if zipfile.is_zipfile(path):
+        with zipfile.ZipFile(path) as archive:  # TorchScript archives hold the model's Python code
+            if any(name.split("/")[1:2] == ["code"] for name in archive.namelist()):
+                return "TorchScript"
+    return None
+
+
+def _load_failure(exc: Exception) -> str:
+    """Why torch.load failed, in one sentence (torch's advice to turn weights_only off is not ours to give)."""
+    text = str(exc)
+    if "GLOBAL" in text:  # the safe unpickler met a class or function: loading would import and run code
+        return ("it holds Python objects that only running code from the file could rebuild, which is refused "
+                "on purpose (a checkpoint must never execute code). Re-save it as a plain state dict.")
+    if "Weights only load failed" in text:
+        return "it is not a torch checkpoint (or is corrupt)."
+    first_sentence = next((line.strip() for line in text.splitlines() if line.strip()), type(exc).__name__)
+    return f"{first_sentence.split('. ')[0].rstrip('.')}. It is corrupt, truncated or not a torch file."
 
 
 def get_rng_state() -> dict:

@@ -11,15 +11,34 @@ from reid.utils.errors import ReIDError
 
 
 def run_cli(main: Callable[[], object]) -> None:
-    """Run ``main``; a ReIDError prints its message (no traceback) and exits with its code."""
+    """Run ``main``; a user error (ReIDError, or a file the OS refuses) prints one paragraph and exits non-zero."""
     try:
         main()
     except ReIDError as exc:
-        print("\nError: " + textwrap.fill(str(exc), width=100, subsequent_indent="  "), file=sys.stderr)
+        _print_error(_user_message(exc))
         sys.exit(exc.exit_code)
+    except OSError as exc:  # an unwritable output folder, a full disk, a path that is a file...
+        if exc.filename is None:
+            raise
+        target = exc.filename if exc.filename2 is None else f"{exc.filename} -> {exc.filename2}"
+        _print_error(f"Cannot access {target}: {exc.strerror or exc}. Check the path and its permissions.")
+        sys.exit(1)
     except KeyboardInterrupt:
         print("\nInterrupted.", file=sys.stderr)
         sys.exit(130)
+
+
+def _print_error(message: str) -> None:
+    print("\nError: " + textwrap.fill(message, width=100, subsequent_indent="  "), file=sys.stderr)
+
+
+def _user_message(exc: ReIDError) -> str:
+    """The error's own message; a DataLoader worker re-raises it wrapped in the worker's traceback."""
+    message = str(exc)
+    if "Original Traceback" in message:
+        marker = f"{type(exc).__module__}.{type(exc).__qualname__}: "
+        message = message.rsplit(marker, 1)[-1].strip()
+    return message
 
 
 def add_config_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:

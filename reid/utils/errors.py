@@ -24,3 +24,16 @@ class DatasetError(ReIDError):
 
 class CheckpointError(ReIDError):
     """A checkpoint that is missing, corrupt, unsafe, or does not match the model."""
+
+
+def summarize_exception(exc: BaseException, limit: int = 300) -> str:
+    """The gist of a library exception for a one-paragraph message: its first informative line.
+
+    A header ending in ':' (e.g. torch's "Error(s) in loading state_dict for ReIDModel:") is joined with
+    the line after it; an empty message falls back to the exception's type.
+    """
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    if not lines:
+        return type(exc).__name__
+    gist = lines[0] + (" " + lines[1] if lines[0].endswith(":") and len(lines) > 1 else "")
+    return gist if len(gist) <= limit else gist[: limit - 3] + "..."

@@ -241,7 +241,7 @@ def build_dataset(name: str, root: str | os.PathLike, verbose: bool = True) -> R
 def check_datasets(names: Iterable[str], root: str | os.PathLike) -> None:
     """Fail fast (folder structure only, no parsing) if a named dataset is unknown, missing or incomplete."""
     problems = []
-    for name in names:
+    for name in dict.fromkeys(names):  # a dataset both trained and tested on is reported once
         source_cls = DATASET_REGISTRY.get(name)  # an unknown name fails here, listing the registered ones
         try:
             source_cls(name.lower(), root).locate()  # type: ignore[operator]

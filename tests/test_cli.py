@@ -1,0 +1,77 @@
+"""Entry-point plumbing: user errors print one paragraph and exit non-zero, never a traceback."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from reid.config import load_config
+from reid.engine.training import train
+from reid.utils.cli import run_cli
+from reid.utils.errors import ConfigError, DatasetError, ReIDError, summarize_exception
+
+
+class _UnreadableImages(torch.utils.data.Dataset):
+    def __len__(self) -> int:
+        return 2
+
+    def __getitem__(self, index: int):
+        raise DatasetError(f"Cannot read image /data/broken_{index}.jpg: the file is empty.")
+
+
+def test_error_from_a_loader_worker_is_printed_without_its_traceback(capsys):
+    def main() -> None:
+        for _ in torch.utils.data.DataLoader(_UnreadableImages(), num_workers=1):
+            pass
+
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli(main)
+    err = capsys.readouterr().err
+    assert exit_info.value.code == DatasetError.exit_code
+    assert "Cannot read image /data/broken_0.jpg" in err
+    assert "Traceback" not in err and "worker" not in err
+
+
+def test_unwritable_path_names_the_path(tmp_path, capsys):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli(lambda: (blocker / "run").mkdir(parents=True))
+    assert exit_info.value.code == 1
+    assert str(blocker / "run") in capsys.readouterr().err
+
+
+def test_options_after_overrides_are_named():
+    with pytest.raises(ConfigError, match="--weights appears among the KEY VALUE overrides"):
+        load_config(None, ["SOLVER.MAX_EPOCHS", "2", "--weights", "best.pth"])
+
+
+@pytest.mark.parametrize("key, value", [("SOLVER.BASE_LR", "-1.0"), ("SOLVER.MAX_EPOCHS", "0"),
+                                        ("TEST.IMS_PER_BATCH", "0"), ("DATALOADER.NUM_WORKERS", "-1")])
+def test_out_of_range_values_are_refused(key, value):
+    with pytest.raises(ConfigError, match=key):
+        load_config(None, [key, value])
+
+
+def test_missing_base_names_the_file_that_refers_to_it(tmp_path):
+    child = tmp_path / "child.yml"
+    child.write_text("_BASE_: nowhere.yml\n")
+    with pytest.raises(ConfigError, match="child.yml inherits from a missing file"):
+        load_config(child)
+
+
+def test_training_refuses_to_replace_an_existing_run(tmp_path):
+    (tmp_path / "best.pth").write_bytes(b"a trained model")
+    cfg = load_config(None, ["OUTPUT_DIR", str(tmp_path)])
+    with pytest.raises(ReIDError, match="--resume.*--overwrite"):
+        train(cfg)
+    assert (tmp_path / "best.pth").read_bytes() == b"a trained model"
+    assert not (tmp_path / "config.yaml").exists()
+
+
+def test_exception_summary_joins_a_header_with_its_first_detail():
+    exc = RuntimeError('Error(s) in loading state_dict for ReIDModel:\n\tMissing key(s) in state_dict: "a".')
+    expected = 'Error(s) in loading state_dict for ReIDModel: Missing key(s) in state_dict: "a".'
+    assert summarize_exception(exc) == expected
+    assert summarize_exception(EOFError()) == "EOFError"
