@@ -114,6 +114,7 @@ _C.TEST.EVAL_PERIOD = 10  # evaluate every N epochs during training (and always 
 _C.TEST.METRIC = "cosine"  # "cosine" or "euclidean"
 _C.TEST.FEAT_NORM = True  # L2-normalise features before matching (and in exported models)
 _C.TEST.FLIP = False  # average the features of an image and its horizontal flip
+_C.TEST.AMP = True  # extract features under bf16 autocast on CUDA (faster; fp32 on CPU); False for fp32 everywhere
 _C.TEST.RERANK = False  # also report k-reciprocal re-ranking (Zhong et al., CVPR 2017)
 _C.TEST.RERANK_K1 = 20  # re-ranking k1
 _C.TEST.RERANK_K2 = 6  # re-ranking k2

@@ -119,7 +119,8 @@ def run_attacks(cfg: CfgNode, model: nn.Module, datasets: Sequence[str], attacks
     table: dict[str, dict] = {}
     for name in datasets:
         data = build_test_loader(cfg, name)
-        clean = ExtractedFeatures(*extract_features(model, data.loader, device, cfg.TEST.FLIP, desc=name),
+        # fp32 like the adversarial features below, so that only the perturbation separates the two
+        clean = ExtractedFeatures(*extract_features(model, data.loader, device, cfg.TEST.FLIP, desc=name, amp=False),
                                   data.num_query)
         table[name] = result_row(evaluate_extracted(cfg, clean, rerank=False)["plain"])
         adv_features, linf = _attack_queries(cfg, model, data, clean, runs, steps, device, seed, vis,

@@ -35,12 +35,15 @@ class ExtractedFeatures:
 
 
 @torch.no_grad()
-def extract_features(model: nn.Module, loader, device: torch.device | str, flip: bool = False,
-                     desc: str = "extract") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[str]]:
-    """Inference features of every image (kept on ``device``), optionally averaged with the mirror image."""
+def extract_features(model: nn.Module, loader, device: torch.device | str, flip: bool = False, desc: str = "extract",
+                     amp: bool = True) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[str]]:
+    """Inference features of every image (kept on ``device``), optionally averaged with the mirror image.
+
+    ``amp``: bf16 autocast on CUDA (TEST.AMP); features are returned in float32 either way.
+    """
     model.eval()
     device = torch.device(device)
-    use_amp = device.type == "cuda"
+    use_amp = amp and device.type == "cuda"
     feats, pids, camids, paths = [], [], [], []
     total, start, last_log = len(loader.dataset), time.perf_counter(), 0.0
     for batch in loader:
@@ -64,7 +67,8 @@ def extract_test_features(cfg: CfgNode, model: nn.Module, dataset: str,
                           device: torch.device | str) -> ExtractedFeatures:
     """Query and gallery features of one dataset."""
     data = build_test_loader(cfg, dataset)
-    f, pids, camids, paths = extract_features(model, data.loader, device, cfg.TEST.FLIP, desc=dataset)
+    f, pids, camids, paths = extract_features(model, data.loader, device, cfg.TEST.FLIP, desc=dataset,
+                                              amp=cfg.TEST.AMP)
     return ExtractedFeatures(f, pids, camids, paths, data.num_query)
 
 

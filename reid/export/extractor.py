@@ -33,7 +33,8 @@ class FeatureExtractor:
         weights: a checkpoint written by tools/train.py or a release file from ``tools/export.py --format
             release``. Loading never runs code from the file (``torch.load(weights_only=True)``).
         config: None (the config stored with the weights), a config file or name in configs/, or a CfgNode.
-        device: None picks CUDA when available, else the CPU. Inference runs in float32.
+        device: None picks CUDA when available, else the CPU. Inference runs in float32, under bf16
+            autocast on CUDA when the config's TEST.AMP is on (as evaluation does).
         batch_size: images per forward pass.
         opts: ``KEY VALUE`` config overrides, e.g. ``["TEST.FLIP", "True"]``.
 
@@ -51,6 +52,7 @@ class FeatureExtractor:
         self.model, self.cfg = load_exportable(weights, config, opts, self.device)
         self.batch_size = batch_size
         self.preprocess = Preprocessor(self.cfg)
+        self.use_amp = self.device.type == "cuda" and self.cfg.TEST.AMP
 
     @property
     def feat_dim(self) -> int:
@@ -64,7 +66,8 @@ class FeatureExtractor:
             for start in range(0, len(items), self.batch_size):
                 decoded = pool.map(self.preprocess.decode, items[start:start + self.batch_size])
                 batch = torch.stack([self.preprocess.to_model_input(image).to(self.device) for image in decoded])
-                features.append(self.model(batch).float().cpu())
+                with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.use_amp):
+                    features.append(self.model(batch).float().cpu())
         return torch.cat(features)
 
 
