@@ -1,13 +1,17 @@
-"""The study grid: a tiny study end to end, resume without recomputation, and the aggregation maths."""
+"""The study grid: a tiny study end to end, resume without recomputation, refusal of cells made with
+other settings, attack entries added to finished cells, study-file validation, and the aggregation maths."""
 
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 import yaml
 
-from reid.engine.study import aggregate, load_study, run_study
+import reid.engine.training
+from reid.engine.attacking import AttackRun
+from reid.engine.study import aggregate, load_study, missing_runs, requested_runs, run_study, summarize_study
 from reid.utils.errors import ConfigError
 from tests.conftest import tiny_train_opts
 
@@ -27,6 +31,28 @@ def write_study(tmp_path, root, **changes):
     return path
 
 
+def one_cell_study(tmp_path, root, **changes):
+    """The study of ``finished_cell``, optionally changed."""
+    return load_study(str(write_study(tmp_path, root, **{"seeds": [0], "arms": {"none": []}, **changes})))
+
+
+@pytest.fixture(scope="module")
+def finished_cell(synthetic_root, tmp_path_factory):
+    """A one-cell study (arm none, seed 0) trained and attacked once; tests work on copies of it."""
+    folder = tmp_path_factory.mktemp("finished")
+    return run_study(one_cell_study(folder, synthetic_root))
+
+
+@pytest.fixture
+def study_copy(finished_cell, tmp_path, monkeypatch):
+    """A copy of the finished study in tmp_path/study, where any training fails the test."""
+    def no_training(*args, **kwargs):
+        raise AssertionError("the study retrained a cell")
+
+    monkeypatch.setattr(reid.engine.training, "train", no_training)
+    return shutil.copytree(finished_cell, tmp_path / "study")
+
+
 @pytest.mark.slow
 def test_tiny_study_runs_and_resumes(synthetic_root, tmp_path):
     spec = load_study(str(write_study(tmp_path, synthetic_root)))
@@ -38,6 +64,7 @@ def test_tiny_study_runs_and_resumes(synthetic_root, tmp_path):
     record = json.loads((out / "lfm" / "seed1" / "study_record.json").read_text())
     assert set(record["clean"]) == {"synthetic_market", "synthetic_duke"}
     assert "fgsm/feature/eps8" in record["attacks"]
+    assert record["config"]["MODEL"]["REGULARIZER"]["NAME"] == "lfm" and record["config"]["SEED"] == 1
 
     # Resume: completed cells are not recomputed; a removed record is rebuilt from the trained weights.
     done = out / "none" / "seed0" / "study_record.json"
@@ -49,11 +76,120 @@ def test_tiny_study_runs_and_resumes(synthetic_root, tmp_path):
     assert redo.is_file()
 
 
-def test_bad_study_files(tmp_path, synthetic_root):
-    with pytest.raises(ConfigError, match="unknown keys"):
-        load_study(str(write_study(tmp_path, synthetic_root, epochs=3)))
-    with pytest.raises(ConfigError, match="MODEL.REGULARIZER.NAME"):
+def test_changed_training_setting_is_refused(study_copy, synthetic_root, tmp_path):
+    cell = study_copy / "none" / "seed0"
+    stamps = {name: (cell / name).stat().st_mtime_ns for name in ("last.pth", "study_record.json")}
+    spec = one_cell_study(tmp_path, synthetic_root)
+    with pytest.raises(ConfigError, match=r"SOLVER\.MAX_EPOCHS: 1 -> 2") as info:
+        run_study(spec, ["SOLVER.MAX_EPOCHS", "2"])
+    assert "finished cell" in str(info.value) and str(cell) in str(info.value) and "--output-dir" in str(info.value)
+
+    changed = one_cell_study(tmp_path, synthetic_root, overrides=tiny_train_opts(
+        synthetic_root, tmp_path, "SOLVER.MAX_EPOCHS", "1", "INPUT.RE_PROB", "0.0", "SOLVER.BASE_LR", "0.01"))
+    with pytest.raises(ConfigError, match=r"SOLVER\.BASE_LR: 0\.001 -> 0\.01"):
+        run_study(changed)
+    with pytest.raises(ConfigError, match=r"SOLVER\.BASE_LR"):  # the tables would show the old numbers
+        summarize_study(changed)
+
+    # A cell whose record is gone resumes from last.pth only with the settings that trained it.
+    (cell / "study_record.json").rename(tmp_path / "record.json")
+    with pytest.raises(ConfigError, match=r"unfinished cell .*SOLVER\.MAX_EPOCHS: 1 -> 2"):
+        run_study(spec, ["SOLVER.MAX_EPOCHS", "2"])
+    (tmp_path / "record.json").rename(cell / "study_record.json")
+    assert {name: (cell / name).stat().st_mtime_ns for name in stamps} == stamps
+
+
+def test_new_attack_settings_reuse_the_trained_cell(study_copy, synthetic_root, tmp_path):
+    cell = study_copy / "none" / "seed0"
+    before = json.loads((cell / "study_record.json").read_text())
+    weights_stamp = (cell / "last.pth").stat().st_mtime_ns
+
+    run_study(one_cell_study(tmp_path, synthetic_root, eps=[4, 8]))  # training would fail the test
+    after = json.loads((cell / "study_record.json").read_text())
+    assert set(after["attacks"]) == {"fgsm/feature/eps4", "fgsm/feature/eps8"}
+    assert after["attacks"]["fgsm/feature/eps8"] == before["attacks"]["fgsm/feature/eps8"]
+    assert after["clean"] == before["clean"]
+    assert (cell / "last.pth").stat().st_mtime_ns == weights_stamp
+    table = (study_copy / "study.md").read_text()
+    assert "fgsm/feature/eps4" in table and "fgsm/feature/eps8" in table
+
+    # Asking for less drops the column from the tables, not the result from the record.
+    record_stamp = (cell / "study_record.json").stat().st_mtime_ns
+    run_study(one_cell_study(tmp_path, synthetic_root, eps=[4]))
+    assert (cell / "study_record.json").stat().st_mtime_ns == record_stamp
+    assert "eps8" not in (study_copy / "study.md").read_text()
+    assert "fgsm/feature/eps8" in json.loads((cell / "study_record.json").read_text())["attacks"]
+
+
+def test_old_records_are_checked_against_their_checkpoint(study_copy, synthetic_root, tmp_path):
+    path = study_copy / "none" / "seed0" / "study_record.json"
+    old = json.loads(path.read_text())
+    config = old.pop("config")
+    for row in old["attacks"].values():
+        row.pop("steps")
+    path.write_text(json.dumps(old))
+    with pytest.raises(ConfigError, match=r"SOLVER\.MAX_EPOCHS: 1 -> 2"):
+        run_study(one_cell_study(tmp_path, synthetic_root), ["SOLVER.MAX_EPOCHS", "2"])
+
+    run_study(one_cell_study(tmp_path, synthetic_root))  # matches last.pth: upgraded in place, not retrained
+    upgraded = json.loads(path.read_text())
+    assert upgraded["config"]["SOLVER"] == config["SOLVER"]
+    assert upgraded["attacks"]["fgsm/feature/eps8"]["steps"] == 1
+
+
+def test_requested_and_missing_attack_entries():
+    spec = load_study("synthetic")
+    spec.attacks, spec.objectives, spec.eps, spec.steps = ["fgsm", "ifgsm"], ["feature"], [8.0], 3
+    requested = requested_runs(spec)
+    fgsm, ifgsm = AttackRun("fgsm", "feature", 8.0), AttackRun("ifgsm", "feature", 8.0)
+    assert requested == {fgsm: 1, ifgsm: 3}  # FGSM is one step whatever the study's steps
+    record = {"attacks": {fgsm.key: {"mAP": 0.5, "steps": 1}, ifgsm.key: {"mAP": 0.4, "steps": 2}}}
+    assert missing_runs(record, requested) == [ifgsm]  # computed with another step count
+    assert missing_runs(None, requested) == [fgsm, ifgsm]
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"epochs": 3}, "unknown keys"),
+    ({"seeds": []}, "field 'seeds': expected a non-empty list"),
+    ({"seeds": 0}, "field 'seeds'"),
+    ({"seeds": [0, "1"]}, "field 'seeds'"),
+    ({"seeds": [0, 0]}, "lists a seed twice"),
+    ({"seeds": [-1]}, "field 'seeds'"),
+    ({"attacks": ["cw"]}, "field 'attacks'.*fgsm, ifgsm, mifgsm, pgd"),
+    ({"objectives": "feature"}, "field 'objectives'"),
+    ({"eps": [0, 8]}, "field 'eps'"),
+    ({"eps": ["8"]}, "field 'eps'"),
+    ({"steps": 0}, "field 'steps'"),
+    ({"steps": 2.5}, "field 'steps'"),
+    ({"name": None}, "field 'name'"),
+    ({"baseline": "nothing"}, "field 'baseline'.*'nothing'"),
+    ({"arms": []}, "field 'arms'"),
+    ({"arms": {"none": [], False: []}}, "arm name False"),
+    ({"arms": {"none": [], "x": ["MODEL.REGULARIZER.NAME"]}}, "field 'arms', arm 'x'.*KEY VALUE pairs"),
+    ({"overrides": {"SOLVER.MAX_EPOCHS": 1}}, "field 'overrides'"),
+    ({"base_config": "nonexistent.yml"}, "field 'base_config'.*not found"),
+])
+def test_bad_study_files(tmp_path, synthetic_root, changes, message):
+    with pytest.raises(ConfigError, match=message) as info:
+        load_study(str(write_study(tmp_path, synthetic_root, **changes)))
+    assert "tiny.yml" in str(info.value) or "unknown keys" in message
+
+
+def test_bad_study_file_contents(tmp_path, synthetic_root):
+    with pytest.raises(ConfigError, match="arm 'x'.*MODEL.REGULARIZER.NAME") as info:
         load_study(str(write_study(tmp_path, synthetic_root, arms={"none": [], "x": ["MODEL.REGULARIZER.NAME", "lf"]})))
+    with pytest.raises(ConfigError, match=r"field 'arms', arm 'x': Unknown config key MODEL\.NOPE") as info:
+        load_study(str(write_study(tmp_path, synthetic_root, arms={"none": [], "x": ["MODEL.NOPE", 1]})))
+    assert "command line" not in str(info.value)
+    with pytest.raises(ConfigError, match=r"field 'overrides'.*SOLVER\.MAX_EPOCHS"):
+        load_study(str(write_study(tmp_path, synthetic_root, overrides=["SOLVER.MAX_EPOCHS", "ten"])))
+    bad_yaml = tmp_path / "bad.yml"
+    bad_yaml.write_text("name: tiny\nseeds: [0, 1\narms: {}\n")
+    with pytest.raises(ConfigError, match=r"bad\.yml is not valid YAML.*line"):
+        load_study(str(bad_yaml))
+    bad_yaml.write_text("- just\n- a list\n")
+    with pytest.raises(ConfigError, match="must hold a mapping"):
+        load_study(str(bad_yaml))
     with pytest.raises(ConfigError, match="presets: market, synthetic"):
         load_study("nonexistent")
 

@@ -4,6 +4,10 @@
     python tools/study.py --preset synthetic          # 2 CPU cores, under an hour
     python tools/study.py --preset market             # real data on a GPU
     python tools/study.py --preset synthetic --summarize-only
+
+Re-running resumes: finished cells are reused, and only attack results the study file newly asks for
+(another eps, attack, objective or step count) are computed from their weights. A cell trained with
+other settings is refused with an error naming it; use another --output-dir for new settings.
 """
 
 import argparse
@@ -13,12 +17,12 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 from reid.engine.study import load_study, run_study, summarize_study  # noqa: E402
-from reid.utils.cli import run_cli  # noqa: E402
+from reid.utils.cli import parser_from_docstring, run_cli  # noqa: E402
 from reid.utils.logger import setup_logger  # noqa: E402
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = parser_from_docstring(__doc__)
     parser.add_argument("--preset", default="synthetic", help="a study in configs/study/ or a path to a study file")
     parser.add_argument("--output-dir", default=None, help="override the study's output_dir")
     parser.add_argument("--summarize-only", action="store_true", help="only rebuild tables and plots")
@@ -28,7 +32,8 @@ def main() -> None:
     if args.output_dir:
         spec.output_dir = args.output_dir
     setup_logger(None)
-    out = summarize_study(spec) if args.summarize_only else run_study(spec, args.opts)
+    # Records are checked against the overrides they were made with, so --summarize-only takes them too.
+    out = summarize_study(spec, args.opts) if args.summarize_only else run_study(spec, args.opts)
     print((out / "study.md").read_text())
 
 

@@ -161,15 +161,19 @@ def overrides_to_dict(opts: Sequence[str]) -> dict:
     return nested
 
 
-def load_config(config: str | Path | None = None, opts: Iterable[str] = (), freeze: bool = True) -> CN:
-    """Defaults, then the experiment file (and its bases), then ``KEY VALUE`` overrides."""
+def load_config(config: str | Path | None = None, opts: Iterable[str] = (), freeze: bool = True,
+                opts_source: str = "on the command line") -> CN:
+    """Defaults, then the experiment file (and its bases), then ``KEY VALUE`` overrides.
+
+    ``opts_source`` says where the overrides come from, for error messages.
+    """
     cfg = get_cfg_defaults()
     if config:
         path = resolve_config_path(config)
         _merge(cfg, _read_yaml(path.resolve()), source=f"in {path}")
     opts = list(opts)
     if opts:
-        _merge(cfg, overrides_to_dict(opts), source="on the command line")
+        _merge(cfg, overrides_to_dict(opts), source=opts_source)
     finalize_config(cfg)
     if freeze:
         cfg.freeze()

@@ -3,9 +3,17 @@
 A study file (``configs/study/*.yml``) names a base experiment, the regulariser arms (each a list of
 ``KEY VALUE`` overrides), the seeds, and the attacks. Every (arm, seed) cell trains on the source
 domain, is evaluated on every DATASETS.TEST entry and attacked on the source domain's queries; its
-record is written atomically when the cell is complete, so an interrupted study resumes where it
-stopped (a half-trained cell resumes from its ``last.pth``). The summary reports mean and standard
-deviation over seeds, and paired differences against the ``none`` arm (same seeds, same data).
+record (``study_record.json``, written atomically) stores the numbers together with what produced them:
+the cell's final config and, for each attack entry, its step count. The summary reports mean and
+standard deviation over seeds, and paired differences against the ``none`` arm (same seeds, same data).
+
+Resuming checks every existing cell against the current study file and command line before anything
+trains. A cell trained with other settings is refused with a ConfigError (finished work is never
+overwritten, nor silently reused); a half-trained cell resumes from its ``last.pth``; a finished cell
+whose record lacks attack entries the study now asks for (another eps, attack, objective or step
+count) gets just those computed from its ``last.pth``. Entries the study no longer asks for stay in the
+record but leave the tables. Records written before the config was stored are checked against the
+config inside their ``last.pth`` and upgraded; without a ``last.pth`` they are kept with a warning.
 """
 
 from __future__ import annotations
@@ -15,20 +23,30 @@ import json
 import logging
 import math
 import os
+import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import yaml
+from yacs.config import CfgNode
 
-from reid.config import load_config, resolve_config_path
-from reid.utils.errors import ConfigError
+from reid.config import config_to_dict, load_config, resolve_config_path
+from reid.engine.attacking import AttackRun, plan_runs
+from reid.evaluation.attacks import ATTACKS, OBJECTIVES, attack_settings
+from reid.utils.errors import ConfigError, ReIDError
 
 logger = logging.getLogger("reid.study")
 
 STUDY_DIR = Path(__file__).resolve().parents[2] / "configs" / "study"
 METRICS = ("R1", "mAP", "mINP")
+RECORD_NAME = "study_record.json"
+REQUIRED_FIELDS = ("name", "base_config", "output_dir", "seeds", "arms")
+ARM_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")  # arms name folders
+# Config keys that cannot change a cell's numbers: where the cell and its data live (a study folder or
+# the datasets may be moved) and how often it logs.
+RESULT_NEUTRAL_KEYS = frozenset({"OUTPUT_DIR", "DATASETS.ROOT", "SOLVER.LOG_PERIOD"})
 
 
 @dataclass
@@ -49,7 +67,11 @@ class StudySpec:
 
 
 def load_study(preset_or_path: str) -> StudySpec:
-    """A preset name (``synthetic``, ``market``) from configs/study/, or a path to a study file."""
+    """A preset name (``synthetic``, ``market``) from configs/study/, or a path to a study file.
+
+    The whole file is checked before anything runs: every field's type and range, and every arm's
+    config (built the way its cells will be), so a mistake surfaces now and not after hours of training.
+    """
     path = Path(preset_or_path)
     if not path.is_file():
         path = STUDY_DIR / f"{preset_or_path}.yml"
@@ -57,29 +79,273 @@ def load_study(preset_or_path: str) -> StudySpec:
         presets = sorted(p.stem for p in STUDY_DIR.glob("*.yml"))
         raise ConfigError(f"No study {preset_or_path!r}: not a file, and not a preset in {STUDY_DIR} "
                           f"(presets: {', '.join(presets)}).")
-    data = yaml.safe_load(path.read_text()) or {}
-    known = set(StudySpec.__dataclass_fields__)
-    unknown = sorted(set(data) - known)
-    if unknown:
-        raise ConfigError(f"Study file {path} has unknown keys {unknown}; valid keys: {sorted(known)}.")
-    try:
-        spec = StudySpec(**data)
-    except TypeError as exc:
-        raise ConfigError(f"Study file {path} is incomplete: {exc}.") from exc
+    data = _read_study_file(path)
+    _check_fields(data, path)
+    spec = StudySpec(**data)
     spec.arms = {arm: [str(v) for v in opts] for arm, opts in spec.arms.items()}
     spec.overrides = [str(v) for v in spec.overrides]
-    resolve_config_path(spec.base_config)
-    if spec.baseline not in spec.arms:
-        raise ConfigError(f"Study file {path}: the baseline arm {spec.baseline!r} is not among the arms.")
-    for arm in spec.arms:  # fail on a bad override now, not after hours of training
-        _cell_config(spec, arm, spec.seeds[0], Path(spec.output_dir))
+    spec.eps = [float(e) for e in spec.eps]
+    _check_arm_configs(spec, path)
     return spec
 
 
-def _cell_config(spec: StudySpec, arm: str, seed: int, out: Path, extra_opts: Sequence[str] = ()):
+def _read_study_file(path: Path) -> dict:
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise ConfigError(f"Study file {path} is not valid YAML: {exc.problem or exc.context}{where}.") from exc
+    except (OSError, yaml.YAMLError) as exc:
+        raise ConfigError(f"Cannot read study file {path}: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"Study file {path} must hold a mapping of fields ({', '.join(REQUIRED_FIELDS)}, ...), "
+                          f"not {type(data).__name__}; see configs/study/synthetic.yml for an example.")
+    return data
+
+
+def _field_error(path: Path, name: str, problem: str, arm: str | None = None) -> ConfigError:
+    where = f"field {name!r}" + (f", arm {arm!r}" if arm is not None else "")
+    return ConfigError(f"Study file {path}, {where}: {problem} See configs/study/synthetic.yml for an "
+                       "example of every field.")
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _value(data: dict, name: str) -> Any:
+    """The field as given, or StudySpec's default."""
+    if name in data:
+        return data[name]
+    spec_field = StudySpec.__dataclass_fields__[name]
+    return spec_field.default_factory() if callable(spec_field.default_factory) else spec_field.default
+
+
+def _check_fields(data: dict, path: Path) -> None:
+    """Every field present, of the right type and in range; ConfigError naming the file and field otherwise."""
+    known = set(StudySpec.__dataclass_fields__)
+    unknown = sorted(set(map(str, data)) - known)
+    if unknown:
+        raise ConfigError(f"Study file {path} has unknown keys {unknown}; valid keys: {sorted(known)}.")
+    missing = [name for name in REQUIRED_FIELDS if name not in data]
+    if missing:
+        raise ConfigError(f"Study file {path} is incomplete: it needs the fields {', '.join(missing)}; "
+                          "see configs/study/synthetic.yml for an example.")
+    for name in ("name", "base_config", "output_dir", "baseline"):
+        if name in data and not (isinstance(data[name], str) and data[name].strip()):
+            raise _field_error(path, name, f"expected a non-empty string, got {data[name]!r}.")
+
+    seeds = data["seeds"]
+    if not isinstance(seeds, list) or not seeds or not all(_is_int(s) and s >= 0 for s in seeds):
+        negative = isinstance(seeds, list) and any(_is_int(s) and s < 0 for s in seeds)
+        why = " (a negative SEED draws a random seed, breaking the pairing of arms by seed)" if negative else ""
+        raise _field_error(path, "seeds", f"expected a non-empty list of non-negative integers such as [0, 1, 2]"
+                                          f"{why}, got {seeds!r}.")
+    if len(set(seeds)) != len(seeds):
+        raise _field_error(path, "seeds", f"lists a seed twice: {seeds}.")
+
+    arms = data["arms"]
+    if not isinstance(arms, dict) or not arms:
+        raise _field_error(path, "arms", f"expected a mapping of arm names to override lists such as "
+                                         f"{{none: [], lfm: [MODEL.REGULARIZER.NAME, lfm]}}, got {arms!r}.")
+    for arm, opts in arms.items():
+        if not (isinstance(arm, str) and ARM_NAME.fullmatch(arm)):
+            raise _field_error(path, "arms", f"the arm name {arm!r} must be a string of letters, digits, '_', '.' "
+                                             "or '-' (it names a folder); quote names YAML reads as booleans, "
+                                             "such as 'off' or 'no'.")
+        _check_override_list(path, opts, "arms", arm)
+    _check_override_list(path, _value(data, "overrides"), "overrides")
+
+    for name, allowed in (("attacks", ATTACKS), ("objectives", OBJECTIVES)):
+        values = _value(data, name)
+        if not isinstance(values, list) or not values or any(v not in allowed for v in values):
+            raise _field_error(path, name, f"expected a non-empty list drawn from {', '.join(allowed)}, "
+                                           f"got {values!r}.")
+    eps = _value(data, "eps")
+    if not isinstance(eps, list) or not eps or not all(_is_number(e) and 0 < e <= 255 for e in eps):
+        raise _field_error(path, "eps", f"expected a non-empty list of attack budgets in 1/255 units, each above 0 "
+                                        f"and at most 255, such as [2, 4, 8]; got {eps!r}.")
+    steps = _value(data, "steps")
+    if not (_is_int(steps) and steps >= 1):
+        raise _field_error(path, "steps", f"expected a positive integer (iterations of the multi-step attacks), "
+                                          f"got {steps!r}.")
+    baseline = _value(data, "baseline")
+    if baseline not in arms:
+        raise _field_error(path, "baseline", f"the baseline arm {baseline!r} is not among the arms "
+                                             f"({', '.join(map(str, arms))}).")
+
+
+def _check_override_list(path: Path, opts: Any, name: str, arm: str | None = None) -> None:
+    if not isinstance(opts, list) or len(opts) % 2:
+        raise _field_error(path, name, f"expected a list of KEY VALUE pairs such as [MODEL.REGULARIZER.NAME, lfm] "
+                                       f"(or [] for none), got {opts!r}.", arm)
+    bad_keys = [key for key in opts[0::2] if not isinstance(key, str)]
+    if bad_keys:
+        raise _field_error(path, name, f"config keys must be strings such as SOLVER.MAX_EPOCHS; got {bad_keys!r} "
+                                       f"in {opts!r}.", arm)
+
+
+def _check_arm_configs(spec: StudySpec, path: Path) -> None:
+    """Build every arm's config as its cells will; a failure names the layer that causes it."""
+    out = Path(spec.output_dir)
+    try:
+        resolve_config_path(spec.base_config)
+    except ConfigError as exc:
+        raise ConfigError(f"Study file {path}, field 'base_config': {exc}") from exc
+    for arm in spec.arms:
+        try:
+            _cell_config(spec, arm, spec.seeds[0], out)
+        except ConfigError as exc:
+            where = f"field 'arms', arm {arm!r}"
+            for layer, opts in (("field 'base_config'", []), ("field 'overrides'", spec.overrides)):
+                try:
+                    load_config(spec.base_config, opts)
+                except ConfigError:
+                    where = layer
+                    break
+            raise ConfigError(f"Study file {path}, {where}: {exc}") from exc
+
+
+def _cell_config(spec: StudySpec, arm: str, seed: int, out: Path, extra_opts: Sequence[str] = ()) -> CfgNode:
     """Base experiment <- study overrides <- the arm's overrides <- command line <- seed and folder."""
     return load_config(spec.base_config, [*spec.overrides, *spec.arms[arm], *extra_opts, "SEED", str(seed),
-                                          "OUTPUT_DIR", str(out / arm / f"seed{seed}")])
+                                          "OUTPUT_DIR", str(out / arm / f"seed{seed}")],
+                       opts_source="in the study file" + (" or on the command line" if extra_opts else ""))
+
+
+@dataclass
+class _Cell:
+    """One (arm, seed) of the grid, with what its folder already holds (checked against ``cfg``)."""
+
+    arm: str
+    seed: int
+    cfg: CfgNode
+    record: dict | None = None  # the finished cell's record
+    upgraded: bool = False  # an old record that gained its config or step counts, to be written back
+    epochs_done: int = 0  # completed epochs in last.pth
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.cfg.OUTPUT_DIR)
+
+
+def requested_runs(spec: StudySpec) -> dict[AttackRun, int]:
+    """Every attack entry the study asks for, with the step count it runs (FGSM always takes one)."""
+    return {run: attack_settings(run.attack, run.eps / 255, spec.steps).steps
+            for run in plan_runs(spec.attacks, spec.objectives, spec.eps)}
+
+
+def missing_runs(record: dict | None, requested: dict[AttackRun, int]) -> list[AttackRun]:
+    """The requested entries a record lacks, or holds from another step count."""
+    stored = record["attacks"] if record else {}
+    return [run for run, steps in requested.items() if stored.get(run.key, {}).get("steps") != steps]
+
+
+def config_differences(stored: dict, current: dict) -> list[str]:
+    """``KEY: stored -> current`` for each result-affecting key the two configs both hold but disagree on.
+
+    Keys only one side holds come from another version of the code (a new option with its default),
+    not from the user's settings, so they are not counted.
+    """
+    old, new = _flatten(stored), _flatten(current)
+    return [f"{key}: {old[key]!r} -> {new[key]!r}" for key in new
+            if key in old and key not in RESULT_NEUTRAL_KEYS and old[key] != new[key]]
+
+
+def _flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
+    flat = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def _inspect_cell(cell: _Cell, requested: dict[AttackRun, int]) -> list[str]:
+    """Load what the cell's folder holds into ``cell``; the config differences that forbid reusing it."""
+    from reid.utils.checkpoint import load_checkpoint
+
+    record_path, last = cell.run_dir / RECORD_NAME, cell.run_dir / "last.pth"
+    current = config_to_dict(cell.cfg)
+    if record_path.is_file():
+        cell.record = _read_record(record_path)
+        _stamp_old_entries(cell, requested, record_path)
+        stored = cell.record.get("config")
+        if stored is None:  # written before records stored their config: the checkpoint still has it
+            stored = load_checkpoint(last).get("config") if last.is_file() else None
+            if stored is None:
+                logger.warning(f"  {record_path} does not say which settings produced it, and no last.pth with "
+                               "them is left; it is assumed to match this study. Delete the cell folder to "
+                               "retrain it.")
+                return []
+            if not config_differences(stored, current):
+                cell.record["config"], cell.upgraded = stored, True
+        return config_differences(stored, current)
+    if last.is_file():  # half-trained, or trained but stopped before its record was written
+        state = load_checkpoint(last)
+        cell.epochs_done = state["epoch"]
+        return config_differences(state.get("config") or {}, current)
+    return []
+
+
+def _stamp_old_entries(cell: _Cell, requested: dict[AttackRun, int], record_path: Path) -> None:
+    """Give attack entries written before step counts were stored the study's current count."""
+    steps = {run.key: count for run, count in requested.items()}
+    unstamped = [key for key, row in cell.record["attacks"].items() if "steps" not in row and key in steps]
+    if not unstamped:
+        return
+    for key in unstamped:
+        cell.record["attacks"][key]["steps"] = steps[key]
+    cell.upgraded = True
+    logger.warning(f"  {record_path} does not store the attacks' step counts; its entries are taken to use this "
+                   "study's steps. Delete the record to recompute them from last.pth.")
+
+
+def _read_record(path: Path) -> dict:
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise ReIDError(f"Cannot read the study record {path} ({exc}); delete it, and the next run rebuilds it "
+                        "from the cell's last.pth.") from exc
+    if not isinstance(record, dict) or not {"clean", "attacks", "source"} <= set(record):
+        raise ReIDError(f"{path} is not a study record; delete it, and the next run rebuilds it from the cell's "
+                        "last.pth.")
+    return record
+
+
+def _plan_cells(spec: StudySpec, extra_opts: Sequence[str], requested: dict[AttackRun, int],
+                only_finished: bool = False) -> list[_Cell]:
+    """Every cell's config and folder state; refuses, before anything runs, cells made with other settings."""
+    out = Path(spec.output_dir)
+    cells, refused = [], []
+    for seed in spec.seeds:
+        for arm in spec.arms:
+            cell = _Cell(arm, seed, _cell_config(spec, arm, seed, out, extra_opts))
+            if only_finished and not (cell.run_dir / RECORD_NAME).is_file():
+                continue
+            differences = _inspect_cell(cell, requested)
+            if differences:
+                refused.append((cell, differences))
+            cells.append(cell)
+    if refused:
+        cell, differences = refused[0]
+        state = "finished cell" if cell.record else "unfinished cell (no record yet; last.pth at epoch " \
+            f"{cell.epochs_done})"
+        others = f" {len(refused) - 1} other cell(s) differ as well." if len(refused) > 1 else ""
+        shown = "; ".join(differences[:5]) + (f"; and {len(differences) - 5} more" if len(differences) > 5 else "")
+        raise ConfigError(
+            f"The {state} {cell.run_dir} was made with other settings than the study file and command line "
+            f"now give ({shown}; stored -> now).{others} Its results cannot be reused for the new settings, and "
+            "finished work is never overwritten: run the new settings in another folder (--output-dir, or "
+            f"output_dir in the study file), or delete {cell.run_dir} to redo this cell."
+        )
+    return cells
 
 
 def run_study(spec: StudySpec, extra_opts: Sequence[str] = ()) -> Path:
@@ -88,57 +354,84 @@ def run_study(spec: StudySpec, extra_opts: Sequence[str] = ()) -> Path:
     from reid.engine.inference import load_model_for_inference
     from reid.engine.training import train
     from reid.evaluation.evaluator import evaluate_datasets
-    from reid.utils.checkpoint import load_checkpoint
 
-    out = Path(spec.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    cells = [(arm, seed) for seed in spec.seeds for arm in spec.arms]
+    requested = requested_runs(spec)
+    cells = _plan_cells(spec, extra_opts, requested)
+    Path(spec.output_dir).mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
-    for index, (arm, seed) in enumerate(cells, 1):
-        cfg = _cell_config(spec, arm, seed, out, extra_opts)
-        run_dir = Path(cfg.OUTPUT_DIR)
-        record_path = run_dir / "study_record.json"
-        done = time.perf_counter() - start
-        logger.info(f"[study {spec.name}] cell {index}/{len(cells)}: {arm}, seed {seed} "
-                    f"({done / 60:.1f} min elapsed)")
-        if record_path.is_file():
-            logger.info(f"  already complete ({record_path}); skipping")
+    for index, cell in enumerate(cells, 1):
+        cfg, run_dir = cell.cfg, cell.run_dir
+        logger.info(f"[study {spec.name}] cell {index}/{len(cells)}: {cell.arm}, seed {cell.seed} "
+                    f"({(time.perf_counter() - start) / 60:.1f} min elapsed)")
+        missing = missing_runs(cell.record, requested)
+        record = cell.record
+        if record is not None and not missing:
+            if cell.upgraded:
+                _write_record(run_dir / RECORD_NAME, record)
+            logger.info(f"  already complete ({run_dir / RECORD_NAME}); skipping")
             continue
         last = run_dir / "last.pth"
-        resume = last.is_file() and load_checkpoint(last)["epoch"] < cfg.SOLVER.MAX_EPOCHS
-        if last.is_file() and not resume:  # trained, but stopped before its record was written
-            model, _ = load_model_for_inference(last, cfg, _device(cfg))
-            clean = evaluate_datasets(cfg, model, _device(cfg))
+        if record is None:
+            if cell.epochs_done and cell.epochs_done >= cfg.SOLVER.MAX_EPOCHS:  # trained, record not written
+                model, _ = load_model_for_inference(last, cfg, _device(cfg))
+                clean = evaluate_datasets(cfg, model, _device(cfg))
+            else:
+                clean = train(cfg, resume=cell.epochs_done > 0)
+                model, _ = load_model_for_inference(last, cfg, _device(cfg))
+            record = {"arm": cell.arm, "seed": cell.seed, "source": cfg.DATASETS.TEST[0],
+                      "config": config_to_dict(cfg),
+                      "clean": {name: {m: row[m] for m in METRICS} for name, row in clean.items()},
+                      "attacks": {}}
         else:
-            clean = train(cfg, resume=resume)
+            if not last.is_file():
+                raise ReIDError(
+                    f"The study now asks for attack results that {run_dir / RECORD_NAME} lacks "
+                    f"({', '.join(run.key for run in missing[:4])}), and the trained weights to compute them, "
+                    f"{last}, are gone. Restore last.pth, or delete {run_dir} to retrain the cell.")
+            logger.info(f"  trained; computing the {len(missing)} attack setting(s) its record lacks: "
+                        f"{', '.join(run.key for run in missing)}")
             model, _ = load_model_for_inference(last, cfg, _device(cfg))
-        source = cfg.DATASETS.TEST[0]
-        attacked = run_attacks(cfg, model, [source], spec.attacks, spec.eps, spec.objectives, spec.steps, run_dir)
-        record = {"arm": arm, "seed": seed, "source": source,
-                  "clean": {name: {m: row[m] for m in METRICS} for name, row in clean.items()},
-                  "attacks": {key: {m: row[m] for m in METRICS}
-                              for key, row in attacked[source]["attacks"].items()}}
-        tmp = record_path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(record, indent=2))
-        os.replace(tmp, record_path)
-    return summarize_study(spec)
+        source = record["source"]
+        # One call covers every missing entry (it evaluates their product; each entry has its own seeded
+        # generator, so the entries kept are the ones a full run would give).
+        attacked = run_attacks(cfg, model, [source], *_covering(missing), spec.steps, run_dir)[source]["attacks"]
+        for run in missing:
+            record["attacks"][run.key] = {**{m: attacked[run.key][m] for m in METRICS}, "steps": requested[run]}
+        _write_record(run_dir / RECORD_NAME, record)
+    return summarize_study(spec, extra_opts)
 
 
-def _device(cfg) -> str:
+def _covering(runs: list[AttackRun]) -> tuple[list[str], list[float], list[str]]:
+    """The attacks, eps values and objectives whose product holds every run, in run_attacks' argument order."""
+    return ([*dict.fromkeys(r.attack for r in runs)], [*dict.fromkeys(r.eps for r in runs)],
+            [*dict.fromkeys(r.objective for r in runs)])
+
+
+def _write_record(path: Path, record: dict) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(record, indent=2))
+    os.replace(tmp, path)
+
+
+def _device(cfg: CfgNode) -> str:
     from reid.utils.env import resolve_device
 
     return resolve_device(cfg.DEVICE)
 
 
-def collect_records(spec: StudySpec) -> list[dict]:
-    """Every completed cell's record (incomplete cells are simply absent)."""
-    out = Path(spec.output_dir)
-    records = []
-    for arm in spec.arms:
-        for seed in spec.seeds:
-            path = out / arm / f"seed{seed}" / "study_record.json"
-            if path.is_file():
-                records.append(json.loads(path.read_text()))
+def collect_records(spec: StudySpec, extra_opts: Sequence[str] = ()) -> list[dict]:
+    """Every finished cell's record, checked against the study's settings, with only the attack entries the
+    study asks for (unfinished cells are simply absent)."""
+    requested = requested_runs(spec)
+    wanted = {run.key: steps for run, steps in requested.items()}
+    records, incomplete = [], 0
+    for cell in _plan_cells(spec, extra_opts, requested, only_finished=True):
+        incomplete += bool(missing_runs(cell.record, requested))
+        attacks = {key: row for key, row in cell.record["attacks"].items() if wanted.get(key) == row.get("steps")}
+        records.append({**cell.record, "attacks": attacks})
+    if incomplete:
+        logger.warning(f"{incomplete} finished cell(s) lack attack results the study asks for; run the study "
+                       "(not --summarize-only) to compute them from the trained weights.")
     return records
 
 
@@ -178,10 +471,13 @@ def aggregate(rows: list[dict], baseline: str) -> list[dict]:
     return summary
 
 
-def summarize_study(spec: StudySpec) -> Path:
-    """Write study_long.csv, study_summary.csv, study.md and the plots from the completed cells."""
+def summarize_study(spec: StudySpec, extra_opts: Sequence[str] = ()) -> Path:
+    """Write study_long.csv, study_summary.csv, study.md and the plots from the completed cells.
+
+    ``extra_opts`` are the command-line overrides the study ran with: records are checked against them.
+    """
     out = Path(spec.output_dir)
-    rows = long_rows(collect_records(spec))
+    rows = long_rows(collect_records(spec, extra_opts))
     if not rows:
         raise ConfigError(f"No completed cell in {out}; run the study first.")
     with open(out / "study_long.csv", "w", newline="") as f:
