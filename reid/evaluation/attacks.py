@@ -2,14 +2,14 @@
 
 One loop runs every attack; they differ only in their settings (:func:`attack_settings`):
 
-=========  =====  =====================  ========  ============  =========================================
+=========  =====  =====================  ========  ============  ==============================================
 attack     steps  step size alpha        momentum  random start  reference
-=========  =====  =====================  ========  ============  =========================================
+=========  =====  =====================  ========  ============  ==============================================
 fgsm       1      eps                    -         no            Goodfellow et al., ICLR 2015
 ifgsm      S      eps / S                -         no            Kurakin et al., 2017 (BIM)
 mifgsm     S      eps / S                1.0       no            Dong et al., CVPR 2018 (their alpha)
-pgd        S      2.5 * eps / S          -         uniform       Madry et al., ICLR 2018 (their alpha)
-=========  =====  =====================  ========  ============  =========================================
+pgd        S      2.5 * eps / S          -         uniform       Madry et al., ICLR 2018 (step: MadryLab lib.)
+=========  =====  =====================  ========  ============  ==============================================
 
 Each step moves the images by ``alpha * sign(direction)`` and projects them back into the eps ball
 around the clean images and into the valid range [0, 1]. MI-FGSM's direction accumulates the
@@ -45,7 +45,7 @@ from reid.utils.errors import ConfigError
 ATTACKS = ("fgsm", "ifgsm", "mifgsm", "pgd")
 OBJECTIVES = ("feature", "metric")
 METRICS = ("cosine", "euclidean")
-PGD_ALPHA_FACTOR = 2.5  # Madry et al.: alpha = 2.5 * eps / steps, so the iterates can cross the ball
+PGD_ALPHA_FACTOR = 2.5  # MadryLab robustness library default: alpha = 2.5 * eps / steps, iterates can cross the ball
 MOMENTUM = 1.0  # Dong et al.'s decay factor mu
 
 
