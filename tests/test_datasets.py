@@ -263,3 +263,18 @@ def test_read_image_corrupt_or_missing_is_named(tmp_path: Path) -> None:
         read_image(corrupt)
     with pytest.raises(DatasetError, match=r"missing.jpg does not exist"):
         read_image(tmp_path / "missing.jpg")
+
+
+def test_truncated_jpeg_is_decoded_and_reported_once(tmp_path: Path, caplog) -> None:
+    rng = np.random.default_rng(0)
+    whole = tmp_path / "whole.jpg"
+    cv2.imwrite(str(whole), cv2.GaussianBlur(rng.integers(0, 256, (128, 64, 3), dtype=np.uint8), (0, 0), 3))
+    cut = tmp_path / "cut.jpg"
+    cut.write_bytes(whole.read_bytes()[: whole.stat().st_size // 2])
+    with caplog.at_level("WARNING", logger="reid.data"):
+        assert read_image(whole).shape == (128, 64, 3)
+        assert not caplog.records  # an intact JPEG is not reported
+        assert read_image(cut).shape == (128, 64, 3)
+        read_image(cut)
+    assert [r.getMessage() for r in caplog.records] == [
+        f"Image {cut} is a truncated JPEG (no end marker); using the part that decodes."]
