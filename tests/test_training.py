@@ -118,3 +118,21 @@ def test_ddp_two_cpu_processes(synthetic_root, tmp_path):
 
     assert records[-1]["iter"] == len(build_train_loader(single).loader)  # same global batches per epoch
     assert load_checkpoint(out / "last.pth")["epoch"] == 1
+
+
+def test_each_ddp_rank_draws_its_own_random_stream(monkeypatch):
+    """Rank 0 keeps the single-process seed; another rank gets its own, so LFM masks differ across ranks."""
+    from reid.engine import trainer as trainer_module
+
+    cfg = load_config(None, ["SOLVER.MAX_EPOCHS", "2", "SEED", "3"])
+    model = torch.nn.Linear(2, 2)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    seeds: dict[int, list[int]] = {}
+    for rank in (0, 1):
+        monkeypatch.setattr(trainer_module.comm, "get_rank", lambda rank=rank: rank)
+        monkeypatch.setattr(trainer_module, "seed_everything",
+                            lambda seed, rank=rank: seeds.setdefault(rank, []).append(seed))
+        trainer_module.Trainer(cfg, model, None, optimizer, None, loader=[], sampler=None,
+                               device=torch.device("cpu")).train()
+    assert seeds[0] == [3 * 1_000_003, 3 * 1_000_003 + 1]
+    assert len(set(seeds[0]) | set(seeds[1])) == 4
