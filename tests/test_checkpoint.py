@@ -53,6 +53,7 @@ def test_malicious_checkpoint_does_not_run(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("content, message", [(b"not a zip", "Cannot read.*not a torch checkpoint"),
+                                              (b"hello world\n", "Cannot read.*not a torch checkpoint"),
                                               (None, "does not exist"), (b"", "empty"), (b"\x08\x07", "ONNX export")])
 def test_bad_checkpoint_files(tmp_path, content, message):
     path = tmp_path / ("model.onnx" if content == b"\x08\x07" else "ckpt.pth")

@@ -93,3 +93,30 @@ def test_round_trip_through_saved_file_and_dict(tmp_path):
     assert again == cfg
     assert config_from_dict(config_to_dict(cfg)) == cfg
     assert get_cfg_defaults().SOLVER.MAX_EPOCHS == 120  # defaults are never mutated
+
+
+@pytest.mark.parametrize("key, value, message", [
+    ("INPUT.SIZE_TRAIN", "('a', 'b')", r"INPUT\.SIZE_TRAIN.*list of int"),
+    ("SOLVER.STEPS", "('a',)", r"SOLVER\.STEPS.*list of int"),
+    ("MODEL.LFM.AREA", "[0.02, 'x']", r"MODEL\.LFM\.AREA.*list of float"),
+    ("INPUT.FLIP_PROB", "2", r"INPUT\.FLIP_PROB must be in \[0, 1\]"),
+    ("INPUT.RE_PROB", "1.5", r"INPUT\.RE_PROB must be in \[0, 1\]"),
+    ("INPUT.RE_AREA", "(0.4, 0.02)", r"INPUT\.RE_AREA must be \(low, high\)"),
+    ("MODEL.LFM.PROB", "2.0", r"MODEL\.LFM\.PROB must be in \[0, 1\]"),
+    ("MODEL.LFM.ASPECT", "(3.0, 0.3)", r"MODEL\.LFM\.ASPECT"),
+    ("MODEL.LFM.CHANNELS", "0", r"MODEL\.LFM\.CHANNELS must be 1 or more"),
+    ("MODEL.DROPOUT.P", "1.5", r"MODEL\.DROPOUT\.P must be in \[0, 1\]"),
+    ("MODEL.PIXEL_MEAN", "(0.5, 0.5)", r"MODEL\.PIXEL_MEAN needs one value per RGB channel"),
+    ("DATASETS.TEST", "()", r"DATASETS\.TEST is empty"),
+    ("TEST.RERANK_K1", "0", r"TEST\.RERANK_K1 must be 1 or more"),
+    ("TEST.RERANK_LAMBDA", "-3", r"TEST\.RERANK_LAMBDA must be in \[0, 1\]"),
+    ("SOLVER.STEPS", "(70, 40)", r"SOLVER\.STEPS must be in increasing order"),
+])
+def test_bad_values_are_refused_at_load_naming_the_key(key, value, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(None, [key, value])
+
+
+def test_study_file_is_not_a_run_config():
+    with pytest.raises(ConfigError, match=r"study grid.*tools/study\.py --preset market"):
+        load_config("study/market.yml")

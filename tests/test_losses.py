@@ -8,8 +8,18 @@ from reid.modeling.losses import CenterLoss, ReIDLoss, TripletLoss, hard_example
 
 
 def test_pairwise_euclidean_matches_cdist():
-    x = torch.randn(7, 5)
-    assert torch.allclose(pairwise_euclidean(x), torch.cdist(x, x), atol=1e-3)
+    x = torch.randn(7, 5, generator=torch.Generator().manual_seed(0))
+    assert torch.allclose(pairwise_euclidean(x), torch.cdist(x, x), atol=1e-4)
+
+
+def test_pairwise_euclidean_self_distance_is_exactly_zero_for_large_features():
+    # 2048-d features of norm ~200: the expanded form's diagonal residue used to reach 0.1-0.2.
+    x = 4.5 * torch.randn(16, 2048, generator=torch.Generator().manual_seed(1))
+    dist = pairwise_euclidean(x)
+    assert torch.equal(dist.diagonal(), torch.zeros(16))
+    off_diagonal = ~torch.eye(16, dtype=torch.bool)
+    exact = torch.cdist(x, x, compute_mode="donot_use_mm_for_euclid_dist")
+    assert torch.allclose(dist[off_diagonal], exact[off_diagonal], rtol=1e-4)
 
 
 def test_batch_hard_picks_hardest_positive_and_negative():

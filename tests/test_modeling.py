@@ -10,7 +10,7 @@ from reid.config import load_config
 from reid.modeling import build_backbone, build_model
 from reid.modeling.heads import BNNeckHead
 from reid.modeling.pretrained import load_pretrained
-from reid.utils.errors import CheckpointError, ReIDError
+from reid.utils.errors import CheckpointError, ConfigError, ReIDError
 
 
 @pytest.fixture(autouse=True)
@@ -147,3 +147,27 @@ def test_regulariser_placement_is_train_only(stage):
 def test_unknown_stage_is_a_clear_error():
     with pytest.raises(ReIDError, match="layer9"):
         build_model(small_cfg("MODEL.REGULARIZER.NAME", "lfm", "MODEL.REGULARIZER.STAGE", "layer9"), 0)
+
+
+@pytest.mark.parametrize("stage, path", [("conv1", "conv_stem"), ("layer1", "blocks.0"), ("layer2", "blocks.1")])
+def test_placement_names_work_for_non_resnet_timm_cnns(stage, path):
+    pytest.importorskip("timm")
+    cfg = small_cfg("MODEL.BACKBONE", "timm:mobilenetv3_small_050", "MODEL.REGULARIZER.NAME", "lfm",
+                    "MODEL.REGULARIZER.STAGE", stage, "MODEL.LFM.PROB", "1.0", "MODEL.LFM.FILL", "zero")
+    model = build_model(cfg, num_classes=0).train()
+    assert model.backbone.stage_path(stage) == path
+    seen = []
+    model.backbone.body.get_submodule(path).register_forward_hook(lambda m, i, out: seen.append(out))
+    model(torch.rand(2, 3, 64, 32))
+    assert (seen[0] == 0).any()  # the hook output is the masked map (LFM runs before this hook's view)
+
+
+def test_missing_placement_name_lists_the_backbones_own():
+    from reid.modeling.backbones import Backbone
+
+    body = torch.nn.Module()
+    body.features = torch.nn.Conv2d(3, 8, 3)
+    backbone = Backbone(body, 8, "toy", {"conv1": "features"})
+    assert backbone.stage_path("conv1") == "features" and backbone.stage_path("features") == "features"
+    with pytest.raises(ConfigError, match=r"'stem' has no counterpart in backbone toy.*conv1 \(features\)"):
+        backbone.stage_path("stem")

@@ -104,7 +104,7 @@ def test_missing_test_dataset_fails_before_training(synthetic_root, tmp_path):
 def test_ddp_two_cpu_processes(synthetic_root, tmp_path):
     out = tmp_path / "ddp"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
            str(REPO / "tools" / "train.py"), "--config", "bot_synthetic.yml",
            *tiny_train_opts(synthetic_root, out, "SOLVER.MAX_EPOCHS", "1", "DATASETS.TEST", "synthetic_market",
                             "MODEL.LOSSES", "('ce', 'triplet', 'center')")]
@@ -136,3 +136,62 @@ def test_each_ddp_rank_draws_its_own_random_stream(monkeypatch):
                                device=torch.device("cpu")).train()
     assert seeds[0] == [3 * 1_000_003, 3 * 1_000_003 + 1]
     assert len(set(seeds[0]) | set(seeds[1])) == 4
+
+
+class _TinyReID(torch.nn.Module):
+    """A linear embedding and classifier with the ReID model's training outputs."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.embed = torch.nn.Linear(8, 6)
+        self.classifier = torch.nn.Linear(6, 4, bias=False)
+
+    def forward(self, x):
+        feat = self.embed(x)
+        return {"feat": feat, "logits": self.classifier(feat)}
+
+
+def _pk_batch() -> tuple[torch.Tensor, torch.Tensor]:
+    """4 identities x 4 images: rank r of 2 takes identities 2r and 2r + 1, as the PK sampler splits."""
+    inputs = torch.randn(16, 8, generator=torch.Generator().manual_seed(1))
+    return inputs, torch.arange(4).repeat_interleave(4)
+
+
+def _gradients(model: torch.nn.Module, inputs: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
+    criterion = ReIDLoss(load_config(None, ["MODEL.LOSSES", "('ce', 'triplet')"]), num_classes=4, feat_dim=6)
+    sum(criterion(model(inputs), labels).values()).backward()
+    return {name: p.grad.clone() for name, p in model.named_parameters()}
+
+
+def _ddp_gradient_worker(rank: int, port: int, out_dir: str) -> None:
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    try:
+        inputs, labels = _pk_batch()
+        mine = slice(8 * rank, 8 * (rank + 1))
+        model = torch.nn.parallel.DistributedDataParallel(_TinyReID())
+        grads = _gradients(model, inputs[mine], labels[mine])
+        torch.save({name.removeprefix("module."): g for name, g in grads.items()}, Path(out_dir) / f"rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_ddp_gradients_equal_one_process_on_the_global_batch(tmp_path):
+    """CE averaged over ranks and triplets mined over the gathered global batch: DDP's averaged gradient
+    is the single-process gradient of the whole batch (this model has no batch norm)."""
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    mp.spawn(_ddp_gradient_worker, args=(port, str(tmp_path)), nprocs=2, join=True)
+    expected = _gradients(_TinyReID(), *_pk_batch())
+    for rank in (0, 1):
+        got = torch.load(tmp_path / f"rank{rank}.pt", weights_only=True)
+        for name, grad in expected.items():
+            assert torch.allclose(got[name], grad, atol=1e-6), (rank, name)

@@ -18,7 +18,11 @@ from reid.config.defaults import get_cfg_defaults
 from reid.utils.errors import ConfigError
 
 BASE_KEY = "_BASE_"
+# The checkout's configs/ (a source or editable install); an installed wheel falls back to ./configs.
 CONFIGS_DIR = Path(__file__).resolve().parents[2] / "configs"
+if not CONFIGS_DIR.is_dir():
+    CONFIGS_DIR = Path.cwd() / "configs"
+STUDY_DIR_NAME = "study"  # configs/study/*.yml describe study grids (tools/study.py), not one run
 
 
 def resolve_config_path(name: str | Path) -> Path:
@@ -27,13 +31,19 @@ def resolve_config_path(name: str | Path) -> Path:
     candidates = [path]
     if not path.is_absolute():
         candidates += [CONFIGS_DIR / path, CONFIGS_DIR / path.with_suffix(".yml")]
-        candidates += sorted(CONFIGS_DIR.rglob(path.name))
+        candidates += sorted(p for p in CONFIGS_DIR.rglob(path.name) if STUDY_DIR_NAME not in p.parts)
     for candidate in candidates:
         if candidate.is_file():
+            if candidate.resolve().parent == (CONFIGS_DIR / STUDY_DIR_NAME).resolve():
+                raise ConfigError(
+                    f"{candidate} describes a study grid, not a single run: run it with "
+                    f"python tools/study.py --preset {candidate.stem}."
+                )
             return candidate
     if path.is_dir():
         raise ConfigError(f"Config {str(name)!r} is a folder; pass a .yml file (e.g. {path}/config.yaml of a run).")
-    known = sorted(p.relative_to(CONFIGS_DIR).as_posix() for p in CONFIGS_DIR.rglob("*.yml"))
+    known = sorted(p.relative_to(CONFIGS_DIR).as_posix() for p in CONFIGS_DIR.rglob("*.yml")
+                   if STUDY_DIR_NAME not in p.relative_to(CONFIGS_DIR).parts)
     close = difflib.get_close_matches(path.name, known, n=1)
     hint = f" Did you mean {close[0]!r}?" if close else ""
     raise ConfigError(
@@ -110,11 +120,23 @@ def _coerce(key: str, value: Any, default: Any, source: str) -> Any:
         if isinstance(value, (tuple, list)):
             if default and isinstance(default[0], float):
                 value = [float(v) if isinstance(v, int) and not isinstance(v, bool) else v for v in value]
+            if default and not all(_same_kind(v, default[0]) for v in value):
+                raise ConfigError(
+                    f"Config key {key} ({source}) expects a list of {type(default[0]).__name__} like {default!r}, "
+                    f"got {value!r}."
+                )
             return tuple(value)
     raise ConfigError(
         f"Config key {key} ({source}) expects a {type(default).__name__} like {default!r}, got {value!r} "
         f"({type(value).__name__})."
     )
+
+
+def _same_kind(value: Any, example: Any) -> bool:
+    """Whether a list element has the type of the default's elements (bool is not an int here)."""
+    if isinstance(example, bool) or isinstance(value, bool):
+        return isinstance(value, bool) and isinstance(example, bool)
+    return isinstance(value, type(example))
 
 
 def _merge(cfg: CN, updates: dict, source: str, prefix: str = "") -> None:
@@ -243,6 +265,52 @@ def finalize_config(cfg: CN) -> None:
         size = cfg.INPUT.SIZE_TRAIN if key.endswith("TRAIN") else cfg.INPUT.SIZE_TEST
         if len(size) != 2 or min(size) <= 0:
             raise ConfigError(f"Config key {key} must be (height, width) with positive sides, got {tuple(size)}.")
+    _check_ranges(cfg)
+
+
+def _check_ranges(cfg: CN) -> None:
+    """Values every consumer would otherwise reject late (in a loader worker, after hours of training)."""
+    for key in ("DATASETS.TRAIN", "DATASETS.TEST"):
+        if not _get(cfg, key):
+            raise ConfigError(f"Config key {key} is empty; name at least one registered dataset (e.g. market1501).")
+    probabilities = ("INPUT.FLIP_PROB", "INPUT.RE_PROB", "MODEL.LFM.PROB", "MODEL.DROPOUT.P",
+                     "TEST.RERANK_LAMBDA")
+    for key in probabilities:
+        if not 0.0 <= _get(cfg, key) <= 1.0:
+            raise ConfigError(f"Config key {key} must be in [0, 1], got {_get(cfg, key)}.")
+    if not 0.0 < cfg.MODEL.DROPBLOCK.KEEP_PROB <= 1.0:
+        raise ConfigError(f"Config key MODEL.DROPBLOCK.KEEP_PROB must be in (0, 1], got {cfg.MODEL.DROPBLOCK.KEEP_PROB}.")
+    for key in ("INPUT.RE_AREA", "MODEL.LFM.AREA"):
+        low_high = tuple(_get(cfg, key))
+        if len(low_high) != 2 or not 0.0 < low_high[0] <= low_high[1] <= 1.0:
+            raise ConfigError(f"Config key {key} must be (low, high) with 0 < low <= high <= 1, got {low_high}.")
+    aspect = tuple(cfg.MODEL.LFM.ASPECT)
+    if len(aspect) != 2 or not 0.0 < aspect[0] <= aspect[1]:
+        raise ConfigError(f"Config key MODEL.LFM.ASPECT must be (low, high) with 0 < low <= high, got {aspect}.")
+    if not 0.0 <= cfg.MODEL.LFM.CHANNEL_FRACTION <= 1.0:
+        raise ConfigError(f"Config key MODEL.LFM.CHANNEL_FRACTION must be in [0, 1] (0: use MODEL.LFM.CHANNELS), "
+                          f"got {cfg.MODEL.LFM.CHANNEL_FRACTION}.")
+    at_least_one = ("MODEL.LFM.CHANNELS", "MODEL.DROPBLOCK.BLOCK_SIZE", "TEST.RERANK_K1", "TEST.RERANK_K2",
+                    "TEST.ATTACK.STEPS")
+    for key in at_least_one:
+        if _get(cfg, key) < 1:
+            raise ConfigError(f"Config key {key} must be 1 or more, got {_get(cfg, key)}.")
+    for key in ("MODEL.PIXEL_MEAN", "MODEL.PIXEL_STD"):
+        if len(_get(cfg, key)) != 3:
+            raise ConfigError(f"Config key {key} needs one value per RGB channel (3), got {tuple(_get(cfg, key))}.")
+    if min(cfg.MODEL.PIXEL_STD) <= 0:
+        raise ConfigError(f"Config key MODEL.PIXEL_STD must be positive, got {tuple(cfg.MODEL.PIXEL_STD)}.")
+    if list(cfg.SOLVER.STEPS) != sorted(cfg.SOLVER.STEPS):
+        raise ConfigError(f"Config key SOLVER.STEPS must be in increasing order, got {tuple(cfg.SOLVER.STEPS)}.")
+    if any(eps < 0 for eps in cfg.TEST.ATTACK.EPS):
+        raise ConfigError(f"Config key TEST.ATTACK.EPS must hold budgets >= 0 (in 1/255), got {tuple(cfg.TEST.ATTACK.EPS)}.")
+
+
+def _get(cfg: CN, key: str) -> Any:
+    node = cfg
+    for part in key.split("."):
+        node = node[part]
+    return node
 
 
 def save_config(cfg: CN, path: str | Path) -> Path:

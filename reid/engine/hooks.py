@@ -11,7 +11,7 @@ from typing import Callable
 
 from reid.engine.trainer import HookBase
 from reid.utils import comm
-from reid.utils.checkpoint import atomic_save, get_rng_state, unwrap_model
+from reid.utils.checkpoint import CHECKPOINT_FORMAT, atomic_save, get_rng_state, unwrap_model
 from reid.config import config_to_dict
 
 logger = logging.getLogger("reid.engine")
@@ -82,7 +82,7 @@ class Checkpointer(HookBase):
     def state(self) -> dict:
         t = self.trainer
         return {
-            "format": "lfm-reid/checkpoint",
+            "format": CHECKPOINT_FORMAT,
             "model": unwrap_model(t.model).state_dict(),
             "criterion": t.criterion.state_dict(),
             "optimizer": t.optimizer.state_dict(),
@@ -138,12 +138,14 @@ class PeriodicEvaluator(HookBase):
             results = self.evaluate(unwrap_model(t.model))
             self.results = results
             append_jsonl(self.metrics_path, {"type": "eval", "epoch": epoch, "results": results})
-            first = next(iter(results.values()))
+            dataset, first = next(iter(results.items()))
             value = first[self.metric]
             best = getattr(t, "best", None)
             if best is None or value > best["value"]:
-                t.best = {"metric": self.metric, "value": value, "epoch": epoch, "dataset": next(iter(results))}
+                t.best = {"metric": self.metric, "value": value, "epoch": epoch, "dataset": dataset}
                 self.checkpointer.save("best.pth")
+                # last.pth was written before this evaluation; it must know the new best for --resume.
+                self.checkpointer.save("last.pth")
                 logger.info(f"New best {self.metric} {100 * value:.2f}% at epoch {epoch}: saved best.pth")
         comm.synchronize()
         t.model.train()

@@ -119,7 +119,11 @@ class Trainer:
         logits = outputs["logits"]
         if logits is not None:
             logged["acc"] = (logits.detach().argmax(1) == pids).float().mean()
-        values = dict(zip(logged, torch.stack([v.detach().float() for v in logged.values()]).tolist()))
+        stacked = torch.stack([v.detach().float() for v in logged.values()])
+        # Under DDP every rank logs and checks the mean over ranks: a NaN on one rank stops all of
+        # them together instead of leaving the others waiting in the next all-reduce.
+        values = dict(zip(logged, comm.all_reduce_mean(stacked).tolist()))
+        values["lr"] = self.optimizer.param_groups[0]["lr"]  # the lr this step trained with
         if not math.isfinite(values["loss"]):
             raise NonFiniteLossError(
                 f"Non-finite loss at epoch {self.epoch + 1}, iteration {self.iter + 1}: "
@@ -140,8 +144,6 @@ class Trainer:
             self._step_centers()
         self.scaler.update()
         self.scheduler.step()
-
-        values["lr"] = self.optimizer.param_groups[0]["lr"]
         self.last_metrics = values
 
     def _step_centers(self) -> None:
@@ -151,6 +153,9 @@ class Trainer:
             return
         if self.scaler.is_enabled():
             centers.grad /= self.scaler.get_scale()
+            # The scaler skips the model's step on an fp16 overflow; the centers skip theirs too.
+            if not bool(torch.isfinite(centers.grad).all()):
+                return
         if comm.get_world_size() > 1:  # the centers live outside DDP: average their gradient by hand
             torch.distributed.all_reduce(centers.grad)
             centers.grad /= comm.get_world_size()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from pathlib import Path
 
 import torch
@@ -29,7 +30,8 @@ def setup_run(cfg: CfgNode, config_name: str = "config.yaml") -> torch.device:
 
     Evaluation tools pass their own ``config_name`` so they never overwrite the training config.
     """
-    comm.init_distributed_from_env()
+    device_name = resolve_device(cfg.DEVICE)
+    comm.init_distributed_from_env(use_cuda=device_name.startswith("cuda"))
     setup_logger(cfg.OUTPUT_DIR, comm.get_rank())
     if cfg.SEED < 0:  # drawn once, shared by every rank, and written into the saved config
         seed = comm.broadcast_object(random_seed())
@@ -39,7 +41,7 @@ def setup_run(cfg: CfgNode, config_name: str = "config.yaml") -> torch.device:
         cfg.SEED = seed
         if was_frozen:
             cfg.freeze()
-    device = comm.local_device(resolve_device(cfg.DEVICE))
+    device = comm.local_device(device_name)
     if cfg.DETERMINISTIC:
         torch.use_deterministic_algorithms(True, warn_only=True)
     if comm.is_main_process():
@@ -53,7 +55,10 @@ def train(cfg: CfgNode, resume: bool = False, overwrite: bool = False) -> dict:
     An OUTPUT_DIR that already holds a run is continued with ``resume``, replaced with ``overwrite``,
     and otherwise refused, so a finished model is never lost to a repeated command.
     """
-    _check_output_dir(Path(cfg.OUTPUT_DIR), resume, overwrite)
+    output_dir = Path(cfg.OUTPUT_DIR)
+    _check_output_dir(output_dir, resume, overwrite)
+    if not resume and comm.get_rank_from_env() == 0:
+        _archive_previous_run(output_dir)
     device = setup_run(cfg)
     logger.info(f"Training on {device} ({comm.get_world_size()} process(es)); outputs in {cfg.OUTPUT_DIR}")
     # Every dataset the run will touch is checked now, not after hours of training.
@@ -72,10 +77,12 @@ def train(cfg: CfgNode, resume: bool = False, overwrite: bool = False) -> dict:
     checkpointer = Checkpointer(cfg.OUTPUT_DIR, cfg.SOLVER.CHECKPOINT_PERIOD)
     evaluator = PeriodicEvaluator(lambda m: _evaluate(cfg, m, device), cfg.TEST.EVAL_PERIOD,
                                   cfg.TEST.BEST_METRIC, checkpointer, cfg.OUTPUT_DIR)
+    # The checkpointer runs before the evaluator: an evaluation that fails (an unreadable gallery
+    # image, out of memory) never costs the epoch's weights.
     trainer = Trainer(cfg, model, criterion, optimizer, scheduler, data.loader, data.sampler, device,
                       center_optimizer, hooks=[ProgressLogger(cfg.OUTPUT_DIR, cfg.SOLVER.LOG_PERIOD,
                                                               cfg.SOLVER.IMS_PER_BATCH),
-                                               evaluator, checkpointer])
+                                               checkpointer, evaluator])
     trainer.num_classes = data.num_classes
     if resume:
         _resume(trainer, Path(cfg.OUTPUT_DIR) / "last.pth")
@@ -112,6 +119,39 @@ def _check_output_dir(output_dir: Path, resume: bool, overwrite: bool) -> None:
         )
 
 
+def _archive_previous_run(output_dir: Path) -> None:
+    """Before a fresh start (``--overwrite``) in a used folder: no stale file may pass for the new run's.
+
+    The old log and metrics are kept under a time-stamped name (like ``results.json``); its
+    checkpoints, which ``--overwrite`` replaces by definition, are removed so an old ``best.pth``
+    or ``epoch_NNN.pth`` cannot be mistaken for one of the new run.
+    """
+    if not output_dir.is_dir():
+        return
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    for name in ("metrics.jsonl", "log.txt"):
+        path = output_dir / name
+        if path.is_file():
+            path.rename(path.with_name(f"{path.stem}.{stamp}{path.suffix}"))
+    for path in [output_dir / "last.pth", output_dir / "best.pth", *output_dir.glob("epoch_*.pth")]:
+        path.unlink(missing_ok=True)
+
+
+def _truncate_metrics(path: Path, iteration: int, epoch: int) -> None:
+    """Drop the records a killed run wrote after its last checkpoint: the resumed run writes them again."""
+    if not path.is_file():
+        return
+    kept = []
+    for line in path.read_text().splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:  # a line cut short by the kill
+            continue
+        if record.get("iter", 0) <= iteration and record.get("epoch", 0) <= epoch:
+            kept.append(line)
+    path.write_text("".join(line + "\n" for line in kept))
+
+
 def _previous_results(output_dir: Path) -> dict:
     """The results a finished run wrote (empty when it wrote none)."""
     try:
@@ -133,13 +173,16 @@ def _resume(trainer: Trainer, path: Path) -> None:
         if trainer.center_optimizer is not None and state.get("center_optimizer"):
             trainer.center_optimizer.load_state_dict(state["center_optimizer"])
         trainer.scheduler.load_state_dict(state["scheduler"])
-        trainer.scaler.load_state_dict(state["scaler"])
+        if state["scaler"] and trainer.scaler.is_enabled():  # empty when the run had no fp16 scaler
+            trainer.scaler.load_state_dict(state["scaler"])
     except (RuntimeError, KeyError, ValueError) as exc:
         raise CheckpointError(
             f"Cannot resume from {path}: it does not match this config ({summarize_exception(exc)}). Resume with "
             "the config the run was started with (OUTPUT_DIR/config.yaml), or use another OUTPUT_DIR."
         ) from exc
     set_rng_state(state["rng"])
+    if comm.is_main_process():
+        _truncate_metrics(Path(trainer.cfg.OUTPUT_DIR) / "metrics.jsonl", state["iteration"], state["epoch"])
     trainer.start_epoch = state["epoch"]
     trainer.epoch = state["epoch"] - 1  # the last epoch completed (0-based), until training goes on
     trainer.iter = state["iteration"]

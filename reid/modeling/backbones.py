@@ -7,17 +7,22 @@ with a prefix added, and the config's stage names (``conv1``, ``stem``, ...) add
 
 from __future__ import annotations
 
+import logging
 from typing import Callable
 
 import torch
 from torch import nn
 
-from reid.utils.errors import ReIDError
+from reid.utils.errors import ConfigError, ReIDError
 from reid.utils.registry import Registry
+
+logger = logging.getLogger("reid.modeling")
 
 BACKBONE_REGISTRY = Registry("backbone")
 
-# Config placement names -> module paths inside a torchvision or timm ResNet.
+# Placement names of MODEL.REGULARIZER.STAGE -> module paths inside a torchvision or timm ResNet:
+# "conv1" is the paper's place (the first convolution's output, before bn1), "stem" the max-pool's
+# output, "layerN" the output of stage N.
 RESNET_STAGES = {"conv1": "conv1", "stem": "maxpool", "layer1": "layer1", "layer2": "layer2", "layer3": "layer3"}
 
 
@@ -33,7 +38,15 @@ class Backbone(nn.Module):
 
     def stage_path(self, stage: str) -> str:
         """The module path inside ``body`` for a config placement name or an explicit module path."""
-        return self.stages.get(stage, stage)
+        if stage in self.stages:
+            return self.stages[stage]
+        if stage in RESNET_STAGES and stage not in dict(self.body.named_modules()):
+            known = ", ".join(f"{name} ({path})" for name, path in self.stages.items()) or "none"
+            raise ConfigError(
+                f"MODEL.REGULARIZER.STAGE {stage!r} has no counterpart in backbone {self.arch}. Its placement "
+                f"names are: {known}; any dotted module path of the network works too."
+            )
+        return stage
 
 
 class TorchvisionResNet(Backbone):
@@ -90,7 +103,27 @@ def build_timm_backbone(name: str, last_stride: int = 1) -> Backbone:
     is_resnet = hasattr(body, "layer4") and hasattr(body, "conv1")
     if is_resnet:
         set_last_stride(body, last_stride)
-    return TimmBackbone(body, body.num_features, name, RESNET_STAGES if is_resnet else {})
+        return TimmBackbone(body, body.num_features, name, RESNET_STAGES)
+    if last_stride != 2:
+        logger.warning(f"MODEL.LAST_STRIDE {last_stride} applies to ResNets only; timm:{name} keeps its own strides.")
+    return TimmBackbone(body, body.num_features, name, timm_stages(body))
+
+
+def timm_stages(body: nn.Module) -> dict[str, str]:
+    """Placement names for any timm CNN, from its ``feature_info``: ``conv1`` is the first convolution,
+    ``stem`` the last module at stride 2, ``layerN`` the last module at stride ``2 ** (N + 1)`` (as in a
+    ResNet: layer1 at stride 4 ... layer4 at stride 32)."""
+    stages = {}
+    first_conv = next((path for path, module in body.named_modules() if isinstance(module, nn.Conv2d)), None)
+    if first_conv is not None:
+        stages["conv1"] = first_conv
+    for info in getattr(body, "feature_info", None) or []:
+        reduction, path = info["reduction"], info["module"]
+        if reduction == 2:
+            stages["stem"] = path
+        elif reduction in (4, 8, 16, 32):
+            stages[f"layer{reduction.bit_length() - 2}"] = path
+    return stages
 
 
 def build_backbone(name: str, last_stride: int = 1) -> Backbone:

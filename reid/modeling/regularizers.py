@@ -24,15 +24,14 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
+from reid.modeling.backbones import RESNET_STAGES
 from reid.modeling.lfm import LocalFeatureMasking
 from reid.utils.errors import ConfigError, ReIDError
 from reid.utils.registry import Registry
 
 REGULARIZER_REGISTRY = Registry("regularizer")
 
-# Config placement names -> module names in torchvision and timm ResNets ("conv1": the paper's place,
-# the first convolution's output before bn1; "stem": after the max-pool).
-RESNET_STAGES = {"conv1": "conv1", "stem": "maxpool", "layer1": "layer1", "layer2": "layer2"}
+__all__ = ["RESNET_STAGES", "REGULARIZER_REGISTRY", "DropBlock2d", "attach_at_stage", "build_regularizer"]
 
 
 @REGULARIZER_REGISTRY.register("none")
@@ -133,7 +132,8 @@ def attach_at_stage(
             f"attach_at_stage expects a stateless regularizer, but {type(module).__name__} has parameters "
             "or buffers, which would change the model's state-dict keys."
         )
-    path = RESNET_STAGES.get(stage, stage)
+    # A module path of this model wins over the ResNet placement name of the same spelling.
+    path = stage if stage in dict(model.named_modules()) else RESNET_STAGES.get(stage, stage)
     try:
         target = model.get_submodule(path)
     except AttributeError:

@@ -8,6 +8,7 @@ target, so a kill mid-write leaves the previous checkpoint intact.
 from __future__ import annotations
 
 import os
+import pickle
 import random
 import tempfile
 import zipfile
@@ -87,6 +88,8 @@ def _export_kind(path: Path) -> str | None:
 def _load_failure(exc: Exception) -> str:
     """Why torch.load failed, in one sentence (torch's advice to turn weights_only off is not ours to give)."""
     text = str(exc)
+    if isinstance(exc, (KeyError, pickle.UnpicklingError, EOFError)) and "GLOBAL" not in text:
+        return "it is not a torch checkpoint (or is corrupt)."  # e.g. a text file read as a legacy pickle
     if "GLOBAL" in text:  # the safe unpickler met a class or function: loading would import and run code
         return ("it holds Python objects that only running code from the file could rebuild, which is refused "
                 "on purpose (a checkpoint must never execute code). Re-save it as a plain state dict.")

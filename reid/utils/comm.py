@@ -25,22 +25,30 @@ def is_main_process() -> bool:
     return get_rank() == 0
 
 
+def get_rank_from_env() -> int:
+    """This process's rank before the process group exists (torchrun sets RANK), else 0."""
+    return get_rank() if is_distributed() else int(os.environ.get("RANK", "0"))
+
+
 def synchronize() -> None:
     """A barrier when several processes run; a no-op otherwise."""
     if is_distributed() and get_world_size() > 1:
         dist.barrier()
 
 
-def init_distributed_from_env() -> bool:
+def init_distributed_from_env(use_cuda: bool | None = None) -> bool:
     """Join the process group torchrun describes (RANK, WORLD_SIZE, ...); NCCL on GPUs, gloo on CPU.
 
-    Returns True when running distributed. A single plain ``python tools/train.py`` returns False.
+    ``use_cuda``: whether this run trains on CUDA (the resolved ``DEVICE``); ``None`` means "when a GPU
+    is present". Returns True when running distributed; a plain ``python tools/train.py`` returns False.
     """
     if is_distributed():
         return True
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         return False
-    backend = "nccl" if torch.cuda.is_available() else "gloo"
+    if use_cuda is None:
+        use_cuda = torch.cuda.is_available()
+    backend = "nccl" if use_cuda else "gloo"
     if backend == "nccl":
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
     # Other ranks wait at a barrier while rank 0 evaluates; the default 10-minute NCCL timeout is too
@@ -57,7 +65,7 @@ def local_device(device: str) -> torch.device:
 
 
 def all_reduce_mean(value: torch.Tensor) -> torch.Tensor:
-    """Average a tensor over processes (for logging)."""
+    """Average a tensor over processes (a copy; the input itself is returned in a single process)."""
     if get_world_size() == 1:
         return value
     value = value.clone()

@@ -14,7 +14,9 @@ from reid.utils.errors import ReIDError
 def seed_everything(seed: int) -> None:
     """Seed python, numpy and torch (all devices)."""
     random.seed(seed)
-    np.random.seed(seed % 2**32)
+    # numpy's legacy seed is 32-bit: hash the whole (possibly 64-bit, e.g. rank-offset) seed into it
+    # instead of truncating, so seeds differing only in their high bits still give different streams.
+    np.random.seed(np.random.SeedSequence(seed).generate_state(4))
     torch.manual_seed(seed)
 
 

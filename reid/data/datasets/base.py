@@ -57,14 +57,6 @@ class ReIDDataset:
         return subset_stats(self.train)[0]
 
     @property
-    def num_train_images(self) -> int:
-        return len(self.train)
-
-    @property
-    def num_train_cams(self) -> int:
-        return subset_stats(self.train)[2]
-
-    @property
     def num_query(self) -> int:
         return len(self.query)
 
