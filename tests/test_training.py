@@ -195,3 +195,22 @@ def test_ddp_gradients_equal_one_process_on_the_global_batch(tmp_path):
         got = torch.load(tmp_path / f"rank{rank}.pt", weights_only=True)
         for name, grad in expected.items():
             assert torch.allclose(got[name], grad, atol=1e-6), (rank, name)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("amp_dtype", ["bf16", "fp16"])
+def test_cuda_mixed_precision_training_and_resume(synthetic_root, tmp_path, amp_dtype):
+    """AMP (bf16, or fp16 with its scaler), channels_last, LFM and the center loss on CUDA; a CPU-trained
+    checkpoint (empty scaler state) resumes under fp16."""
+    opts = ["MODEL.REGULARIZER.NAME", "lfm", "MODEL.LOSSES", "('ce', 'triplet', 'center')",
+            "SOLVER.AMP_DTYPE", amp_dtype, "DATASETS.TEST", "synthetic_market"]
+    cpu = load_config("bot_synthetic.yml", tiny_train_opts(synthetic_root, tmp_path, *opts, "DEVICE", "cpu",
+                                                            "SOLVER.MAX_EPOCHS", "1"))
+    train(cpu)
+    cuda = load_config("bot_synthetic.yml", tiny_train_opts(synthetic_root, tmp_path, *opts, "DEVICE", "cuda"))
+    results = train(cuda, resume=True)
+    state = load_checkpoint(tmp_path / "last.pth")
+    assert state["epoch"] == 2 and bool(state["scaler"]) == (amp_dtype == "fp16")
+    assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
+    assert 0.0 <= results["synthetic_market"]["mAP"] <= 1.0
