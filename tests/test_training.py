@@ -205,8 +205,8 @@ def test_cuda_mixed_precision_training_and_resume(synthetic_root, tmp_path, amp_
     checkpoint (empty scaler state) resumes under fp16."""
     opts = ["MODEL.REGULARIZER.NAME", "lfm", "MODEL.LOSSES", "('ce', 'triplet', 'center')",
             "SOLVER.AMP_DTYPE", amp_dtype, "DATASETS.TEST", "synthetic_market"]
-    cpu = load_config("bot_synthetic.yml", tiny_train_opts(synthetic_root, tmp_path, *opts, "DEVICE", "cpu",
-                                                            "SOLVER.MAX_EPOCHS", "1"))
+    cpu_opts = tiny_train_opts(synthetic_root, tmp_path, *opts, "DEVICE", "cpu", "SOLVER.MAX_EPOCHS", "1")
+    cpu = load_config("bot_synthetic.yml", cpu_opts)
     train(cpu)
     cuda = load_config("bot_synthetic.yml", tiny_train_opts(synthetic_root, tmp_path, *opts, "DEVICE", "cuda"))
     results = train(cuda, resume=True)

@@ -279,7 +279,8 @@ def _check_ranges(cfg: CN) -> None:
         if not 0.0 <= _get(cfg, key) <= 1.0:
             raise ConfigError(f"Config key {key} must be in [0, 1], got {_get(cfg, key)}.")
     if not 0.0 < cfg.MODEL.DROPBLOCK.KEEP_PROB <= 1.0:
-        raise ConfigError(f"Config key MODEL.DROPBLOCK.KEEP_PROB must be in (0, 1], got {cfg.MODEL.DROPBLOCK.KEEP_PROB}.")
+        raise ConfigError(
+            f"Config key MODEL.DROPBLOCK.KEEP_PROB must be in (0, 1], got {cfg.MODEL.DROPBLOCK.KEEP_PROB}.")
     for key in ("INPUT.RE_AREA", "MODEL.LFM.AREA"):
         low_high = tuple(_get(cfg, key))
         if len(low_high) != 2 or not 0.0 < low_high[0] <= low_high[1] <= 1.0:
@@ -303,7 +304,8 @@ def _check_ranges(cfg: CN) -> None:
     if list(cfg.SOLVER.STEPS) != sorted(cfg.SOLVER.STEPS):
         raise ConfigError(f"Config key SOLVER.STEPS must be in increasing order, got {tuple(cfg.SOLVER.STEPS)}.")
     if any(eps < 0 for eps in cfg.TEST.ATTACK.EPS):
-        raise ConfigError(f"Config key TEST.ATTACK.EPS must hold budgets >= 0 (in 1/255), got {tuple(cfg.TEST.ATTACK.EPS)}.")
+        raise ConfigError(
+            f"Config key TEST.ATTACK.EPS must hold budgets >= 0 (in 1/255), got {tuple(cfg.TEST.ATTACK.EPS)}.")
 
 
 def _get(cfg: CN, key: str) -> Any:
