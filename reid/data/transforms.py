@@ -8,6 +8,9 @@ as BoT's erasing of a normalised image with 0.
 
 Train: resize to INPUT.SIZE_TRAIN -> horizontal flip (INPUT.FLIP_PROB) -> zero-pad INPUT.PADDING and
 random-crop back -> float [0, 1] -> random erasing (INPUT.RE_PROB, area INPUT.RE_AREA, aspect 0.3-3.3).
+Random erasing is torchvision's, which draws the aspect ratio log-uniformly (symmetric between tall and
+wide boxes); BoT's own code draws it uniformly in [0.3, 3.3], which favours wide boxes. LFM keeps the
+paper's uniform draw, since that is the method under study.
 Test: resize to INPUT.SIZE_TEST -> float [0, 1].
 The geometric steps run on uint8 (cheaper); the input is an RGB uint8 HxWx3 array from ``read_image``.
 """
