@@ -25,10 +25,11 @@ from reid.export.onnx_export import RANDOM_OPS as ONNX_RANDOM_OPS
 from reid.export.onnx_export import onnx_operators, onnx_session, run_onnx
 from reid.export.torchscript import RANDOM_OPS as TORCHSCRIPT_RANDOM_OPS
 from reid.export.torchscript import load_torchscript, torchscript_operators
-from reid.export.verify import Tolerance
+from reid.export.release import RELEASE_VERSION, release_dict
+from reid.export.verify import FP16_TOLERANCE, FP32_TOLERANCE, Tolerance, VerificationReport, compare
 from reid.modeling import build_model
 from reid.modeling.lfm import LocalFeatureMasking
-from reid.utils.checkpoint import atomic_save
+from reid.utils.checkpoint import CHECKPOINT_FORMAT, atomic_save
 from reid.utils.errors import CheckpointError, ReIDError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -132,14 +133,51 @@ def test_exportable_applies_flip_and_normalisation(tiny) -> None:
         assert torch.equal(raw, model(images))
 
 
+def test_release_format_and_version_are_checked_on_loading(tiny, tmp_path) -> None:
+    _, model = tiny
+    data = release_dict(model, load_config(None, TINY_OPTS))  # what tools/export.py --format release writes
+    images = torch.rand(2, 3, 64, 32)
+    for name, changes, message in [
+        ("other.pth", {"format": "someone-else/model"}, r"'someone-else/model' file, not a model of this toolkit"),
+        ("newer.pth", {"version": RELEASE_VERSION + 1}, rf"version {RELEASE_VERSION + 1}, written by a newer"),
+        ("broken.pth", {"version": "1"}, "invalid version '1'"),
+    ]:
+        path = tmp_path / name
+        torch.save({**data, "model": {}, **changes}, path)  # refused on its header: the weights are not needed
+        with pytest.raises(CheckpointError, match=message) as info:
+            FeatureExtractor(path, device="cpu")
+        assert name in str(info.value)
+    # Training checkpoints say what they are as well, and files without a format field still load.
+    for name, header in (("checkpoint.pth", {"format": CHECKPOINT_FORMAT}), ("plain.pth", {})):
+        path = tmp_path / name
+        torch.save({"model": data["model"], "config": data["config"], **header}, path)
+        assert torch.allclose(FeatureExtractor(path, device="cpu")(images), reference(model, images), atol=1e-6)
+
+
+def test_fp32_verification_is_absolute_and_fp16_scales_with_the_features() -> None:
+    # Raw (not normalised) features of magnitude up to 5, as a ResNet's BNNeck gives them.
+    reference_features = torch.randn(4, 16, generator=torch.Generator().manual_seed(0)).clamp(-1, 1) * 5
+    assert reference_features.abs().max() == 5
+    shifted = reference_features + 5e-4  # 1e-4 of the largest value, but 5e-4 absolute: not float32 agreement
+    fp32 = compare("raw features", shifted, reference_features, FP32_TOLERANCE)
+    assert not fp32.passed and fp32.max_abs == pytest.approx(5e-4, abs=1e-6)
+    assert compare("raw features", reference_features + 5e-5, reference_features, FP32_TOLERANCE).passed
+    fp16 = compare("raw features", shifted, reference_features, FP16_TOLERANCE)
+    assert fp16.passed  # 1e-2 x max |ref| for float16, whose rounding grows with the values
+    report = VerificationReport(FP32_TOLERANCE, [fp32]).format()
+    assert "max |diff|" in report and "max |ref|" in report and "5.00" in report and "FAILED" in report
+    assert "max |diff| <= 0.0001 (absolute)" in report
+    assert "x max(1, max |ref|)" in VerificationReport(FP16_TOLERANCE, [fp16]).format()
+
+
 def test_failed_verification_keeps_the_file_as_failed(tiny, tmp_path, monkeypatch) -> None:
     weights, _ = tiny
     monkeypatch.setattr(exporter_module, "FP32_TOLERANCE", Tolerance(max_abs=-1.0, min_cosine=2.0))
-    output = tmp_path / "m.ts"
-    with pytest.raises(ExportVerificationError, match="m.ts.failed"):
-        export_model(weights, output, "torchscript")
-    assert not output.exists() and (tmp_path / "m.ts.failed").is_file()
-    assert [p.name for p in tmp_path.iterdir()] == ["m.ts.failed"]  # no temporary file left behind
+    output = tmp_path / "m.pth"  # any format: the release file is the quickest to write and verify
+    with pytest.raises(ExportVerificationError, match="m.pth.failed"):
+        export_model(weights, output, "release")
+    assert not output.exists() and (tmp_path / "m.pth.failed").is_file()
+    assert [p.name for p in tmp_path.iterdir()] == ["m.pth.failed"]  # no temporary file left behind
 
 
 def test_bad_weights_are_named(tiny, tmp_path) -> None:

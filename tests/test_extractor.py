@@ -3,6 +3,8 @@ search end to end, every bad-input path, and the tools/extract.py and tools/sear
 
 from __future__ import annotations
 
+import runpy
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -21,8 +23,11 @@ from reid.export import (
     extract_folder,
     find_images,
     parse_identity,
+    rank_images,
     search_folder,
+    search_images,
 )
+from reid.export.search import SearchResult
 from reid.export.search_vis import draw_search_results
 from reid.modeling import build_model
 from reid.utils.checkpoint import atomic_save
@@ -115,10 +120,75 @@ def test_folder_extraction_parses_identities_and_saves_npz(setup, extractor, tmp
     assert progress == [(3, 4), (4, 4)]
     names = [p.relative_to(folder).as_posix() for p in result.paths]
     assert names == sorted(IMAGES)  # recursive, image files only
+    assert result.others == [folder / "notes.txt"] and not result.unreadable  # counted, not read
+    assert "1 file(s) are not images" in result.report()[0]
     assert result.pids.tolist() == [2, 2, 7, 11] and result.camids.tolist() == [0, 2, 1, 5]
     saved = np.load(result.save(tmp_path / "feats"), allow_pickle=False)  # exact name, no ".npz" appended
     assert saved["paths"].tolist() == names and saved["features"].shape == (4, 512)
     assert np.array_equal(saved["pids"], result.pids) and str(saved["root"]) == str(folder)
+
+
+@pytest.fixture
+def folder_with_a_broken_image(setup, tmp_path) -> Path:
+    """The images of ``setup`` plus a .jpg that does not decode."""
+    folder = shutil.copytree(setup[2], tmp_path / "crops")
+    (folder / "0005_c1s1_000001_01.jpg").write_bytes(b"\xff\xd8 not really a JPEG")
+    return folder
+
+
+def test_unreadable_images_are_skipped_and_listed_or_stop_a_strict_run(extractor, folder_with_a_broken_image,
+                                                                       tmp_path) -> None:
+    folder = folder_with_a_broken_image
+    result = extract_folder(extractor, folder)
+    assert [p.relative_to(folder).as_posix() for p in result.paths] == sorted(IMAGES)
+    assert result.features.shape == (4, 512) and result.pids.tolist() == [2, 2, 7, 11]
+    ((path, reason),) = result.unreadable
+    assert path == folder / "0005_c1s1_000001_01.jpg" and "cannot be decoded" in reason
+    assert result.report()[0] == "1 of 5 images could not be read and have no features:"
+    saved = np.load(result.save(tmp_path / "feats.npz"))
+    assert saved["unreadable"].tolist() == ["0005_c1s1_000001_01.jpg"] and len(saved["paths"]) == 4
+    with pytest.raises(DatasetError, match="0005_c1s1_000001_01.jpg"):
+        extract_folder(extractor, folder, strict=True)
+    only_broken = tmp_path / "only_broken"
+    only_broken.mkdir()
+    shutil.copy(path, only_broken / "x.jpg")
+    with pytest.raises(DatasetError, match="None of the 1 images"):
+        extract_folder(extractor, only_broken)
+
+
+def test_search_skips_unreadable_gallery_images_only_when_asked(extractor, folder_with_a_broken_image) -> None:
+    folder = folder_with_a_broken_image
+    query = folder / "0002_c1s1_000451_03.jpg"
+    with pytest.raises(DatasetError, match="0005_c1s1_000001_01.jpg"):
+        search_folder(extractor, query, folder)
+    outcome = rank_images(extractor, search_images(query, folder), k=10, strict=False)
+    (result,) = outcome.results
+    assert len(result.matches) == 4 and folder / "0005_c1s1_000001_01.jpg" not in result.matches
+    assert [p.name for p, _ in outcome.unreadable] == ["0005_c1s1_000001_01.jpg"]
+    with pytest.raises(ReIDError, match="topk"):  # checked before any feature is extracted
+        search_folder(extractor, query, folder, k=0)
+    with pytest.raises(DatasetError, match="nobody.jpg does not exist"):
+        search_images(folder / "nobody.jpg", folder)
+
+
+def test_drawing_survives_an_image_deleted_after_the_search(setup, tmp_path) -> None:
+    _, _, folder = setup
+    gone = tmp_path / "0002_c3s1_000551_01.png"  # deleted (or moved) after its features were extracted
+    result = SearchResult(folder / "0002_c1s1_000451_03.jpg", [gone, folder / "0007_c2s2_001000_02.jpg"], [0.1, 0.2])
+    picture = cv2.imread(str(draw_search_results([result], tmp_path / "strip.png")))
+    assert picture is not None and picture.shape[1] > 3 * 64  # a grey placeholder stands in for the lost image
+    with pytest.raises(ReIDError, match=r"\.jpg, \.jpeg, \.png"):
+        draw_search_results([result], tmp_path / "strip.txt")
+
+
+def test_torch_files_that_are_not_models_are_refused(tmp_path) -> None:
+    tensor_file = tmp_path / "tensor.pth"
+    torch.save(torch.zeros(3), tensor_file)
+    state_dict_file = tmp_path / "state_dict.pth"  # a plain torchvision state dict, no "model" or config
+    torch.save({"conv1.weight": torch.zeros(4, 3, 7, 7), "fc.bias": torch.zeros(2)}, state_dict_file)
+    for path in (tensor_file, state_dict_file):
+        with pytest.raises(CheckpointError, match=rf"{path.name} is not a model checkpoint"):
+            FeatureExtractor(path, device="cpu")
 
 
 def test_parse_identity_conventions() -> None:
@@ -150,6 +220,8 @@ def test_bad_inputs_name_the_culprit(setup, extractor, tmp_path) -> None:
     broken.write_text("not an image")
     with pytest.raises(DatasetError, match="broken.jpg"):
         extractor([broken])
+    with pytest.raises(DatasetError, match="nobody.jpg does not exist: check the path"):
+        extractor([tmp_path / "nobody.jpg"])
     empty = tmp_path / "empty"
     empty.mkdir()
     with pytest.raises(DatasetError, match="empty"):
@@ -187,16 +259,43 @@ def run_tool(*args: str, tool: str = "extract.py") -> subprocess.CompletedProces
                           text=True, cwd=REPO, timeout=120)
 
 
-def test_extract_cli(setup, tmp_path) -> None:
-    weights, _, folder = setup
+def run_in_process(capsys, monkeypatch, tool: str, *args: str) -> tuple[int, str]:
+    """A tool run in this process, without an interpreter start-up per run: (exit code, its stderr)."""
+    monkeypatch.setattr(sys, "argv", [tool, *args])
+    try:
+        runpy.run_path(str(REPO / "tools" / tool), run_name="__main__")
+    except SystemExit as exc:
+        return exc.code, capsys.readouterr().err
+    return 0, capsys.readouterr().err
+
+
+def test_extract_cli(setup, folder_with_a_broken_image, tmp_path, capsys, monkeypatch) -> None:
+    weights, _, _ = setup
     output = tmp_path / "feats.npz"
-    ok = run_tool("--weights", str(weights), "--images", str(folder), "--output", str(output), "--batch-size", "2")
+    ok = run_tool("--weights", str(weights), "--images", str(folder_with_a_broken_image), "--output", str(output),
+                  "--batch-size", "2")
     assert ok.returncode == 0, ok.stderr
-    assert np.load(output)["features"].shape == (4, 512) and "4/4 images" in ok.stderr
+    assert np.load(output)["features"].shape == (4, 512) and "5/5 images" in ok.stderr
+    assert "1 of 5 images could not be read" in ok.stderr and "0005_c1s1_000001_01.jpg" in ok.stderr
+    assert "1 file(s) are not images" in ok.stderr and "notes.txt" in ok.stderr
+
+    def fails(*args: str) -> str:
+        code, err = run_in_process(capsys, monkeypatch, "extract.py", "--weights", *args)
+        assert code != 0 and "Traceback" not in err
+        return err
+
+    strict = tmp_path / "strict.npz"
+    assert "0005_c1s1_000001_01.jpg" in fails(str(weights), "--images", str(folder_with_a_broken_image),
+                                              "--output", str(strict), "--strict")
+    assert not strict.exists()
     empty = tmp_path / "nothing_here"
     empty.mkdir()
-    bad = run_tool("--weights", str(weights), "--images", str(empty), "--output", str(output))
-    assert bad.returncode != 0 and "nothing_here" in bad.stderr and "Traceback" not in bad.stderr
+    assert "nothing_here" in fails(str(weights), "--images", str(empty), "--output", str(output))
+    state_dict = tmp_path / "resnet_state_dict.pth"
+    torch.save({"conv1.weight": torch.zeros(4, 3, 7, 7)}, state_dict)
+    refused = fails(str(state_dict), "--images", str(empty), "--output", str(output))
+    assert "resnet_state_dict.pth is not a model checkpoint" in refused
+    assert "is a folder" in fails(str(weights), "--images", str(empty), "--output", str(tmp_path))
 
 
 def test_search_cli(setup, tmp_path) -> None:
@@ -207,6 +306,22 @@ def test_search_cli(setup, tmp_path) -> None:
                   "--vis", str(picture), tool="search.py")
     assert ok.returncode == 0, ok.stderr
     assert "0002_c1s1_000451_03.jpg" in ok.stdout and cv2.imread(str(picture)) is not None
-    missing = run_tool("--weights", str(weights), "--query", str(tmp_path / "nobody.jpg"), "--gallery", str(folder),
-                       tool="search.py")
-    assert missing.returncode != 0 and "nobody.jpg" in missing.stderr and "Traceback" not in missing.stderr
+    assert "1 file(s) are not images" in ok.stderr
+
+
+def test_search_cli_checks_every_argument_before_loading_the_model(setup, tmp_path, capsys, monkeypatch) -> None:
+    _, _, folder = setup
+    # The weights do not exist: an error about anything else proves it came before the model was loaded.
+    weights = ["--weights", str(tmp_path / "not_loaded_yet.pth")]
+    query = ["--query", str(folder / "0002_c1s1_000451_03.jpg")]
+
+    def error(*args: str) -> str:
+        code, err = run_in_process(capsys, monkeypatch, "search.py", *args)
+        assert code != 0 and "Traceback" not in err
+        return err
+
+    assert "topk must be at least 1" in error(*weights, *query, "--gallery", str(folder), "--topk", "0")
+    assert "ranks.txt" in error(*weights, *query, "--gallery", str(folder), "--vis", str(tmp_path / "ranks.txt"))
+    assert "no_gallery" in error(*weights, *query, "--gallery", str(tmp_path / "no_gallery"))
+    assert "nobody.jpg" in error(*weights, "--query", str(tmp_path / "nobody.jpg"), "--gallery", str(folder))
+    assert "not_loaded_yet.pth" in error(*weights, *query, "--gallery", str(folder))

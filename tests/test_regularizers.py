@@ -1,4 +1,5 @@
-"""Regulariser registry, DropBlock/dropout semantics, and attaching a regulariser to a CNN stage."""
+"""Regulariser registry, DropBlock/dropout semantics, each regulariser built from the config, vectorisation, and
+attaching a regulariser to a CNN stage."""
 
 from __future__ import annotations
 
@@ -11,7 +12,12 @@ import torch
 import torch.nn.functional as F
 import torchvision
 from torch import nn
+from torch.overrides import TorchFunctionMode
+from torchvision.transforms import v2
 
+from reid.config import load_config
+from reid.data import build_transforms
+from reid.modeling import build_model
 from reid.modeling.lfm import LocalFeatureMasking
 from reid.modeling.regularizers import (
     REGULARIZER_REGISTRY,
@@ -109,6 +115,82 @@ def test_dropblock_block_larger_than_map_is_clipped():
     per_map = (y == 0).flatten(2)
     assert torch.equal(per_map.all(2), per_map.any(2))  # the clipped block covers the whole 4x3 map
     assert per_map.any()
+
+
+class CountTorchCalls(TorchFunctionMode):
+    """Counts every torch function and tensor method called while the mode is active (as in test_lfm.py)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls = 0
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        self.calls += 1
+        return func(*args, **(kwargs or {}))
+
+
+def count_calls(module: nn.Module, x: torch.Tensor) -> int:
+    with CountTorchCalls() as counter:
+        module(x)
+    return counter.calls
+
+
+def test_dropblock_is_vectorised_over_samples_channels_and_blocks():
+    """A Python loop over samples, channels or block seeds would make the number of torch calls grow."""
+    dropblock = DropBlock2d(block_size=3, keep_prob=0.8)
+    base = count_calls(dropblock, torch.randn(2, 4, 8, 8))
+    assert count_calls(dropblock, torch.randn(64, 4, 8, 8)) == base
+    assert count_calls(dropblock, torch.randn(2, 256, 8, 8)) == base
+    assert count_calls(dropblock, torch.randn(2, 4, 32, 32)) == base  # 16x the block seeds
+    dropblock.block_size = 7
+    assert count_calls(dropblock, torch.randn(2, 4, 8, 8)) == base
+
+
+# ----- each regulariser from the config, at its stage -----
+
+TINY = ["MODEL.BACKBONE", "resnet18", "MODEL.PRETRAINED", "False"]
+CONFIGURED = {  # MODEL.REGULARIZER.NAME -> (its settings, the module it must build, with them)
+    "dropout": (["MODEL.DROPOUT.P", "0.25"], lambda m: type(m) is nn.Dropout and m.p == 0.25),
+    "spatial_dropout": (["MODEL.DROPOUT.P", "0.25"], lambda m: type(m) is nn.Dropout2d and m.p == 0.25),
+    "dropblock": (["MODEL.DROPBLOCK.BLOCK_SIZE", "5", "MODEL.DROPBLOCK.KEEP_PROB", "0.8"],
+                  lambda m: isinstance(m, DropBlock2d) and (m.block_size, m.keep_prob) == (5, 0.8)),
+    "lfm": (["MODEL.LFM.PROB", "1.0"], lambda m: isinstance(m, LocalFeatureMasking) and m.prob == 1.0),
+}
+
+
+@pytest.mark.parametrize("name", list(CONFIGURED))
+def test_config_builds_each_regularizer_at_its_stage_train_only(name):
+    settings, is_expected = CONFIGURED[name]
+    cfg = load_config(None, [*TINY, "MODEL.REGULARIZER.NAME", name, "MODEL.REGULARIZER.STAGE", "conv1", *settings])
+    torch.manual_seed(0)
+    model = build_model(cfg, num_classes=0, load_imagenet=False)
+    body = model.backbone.body
+    assert is_expected(body.regularizer), body.regularizer
+    keys = list(build_model(load_config(None, TINY), num_classes=0, load_imagenet=False).state_dict())
+    assert list(model.state_dict()) == keys  # checkpoints of every arm share one layout
+
+    seen = capture_stage_output(body, "conv1")  # what conv1 passes on to bn1, after the regulariser
+    x = torch.rand(4, 3, 64, 32)
+    with torch.no_grad():
+        model.eval()
+        model(x)
+        evaluated = seen["out"]
+        assert torch.equal(evaluated, F.conv2d((x - model.pixel_mean) / model.pixel_std, body.conv1.weight,
+                                               stride=2, padding=3))  # the identity in eval mode
+        model.train()
+        model(x)
+    assert not torch.equal(seen["out"], evaluated)  # active in training
+
+
+def test_config_random_erasing_is_input_level_only():
+    cfg = load_config(None, [*TINY, "MODEL.REGULARIZER.NAME", "random_erasing", "INPUT.RE_PROB", "0.5"])
+    model = build_model(cfg, num_classes=0, load_imagenet=False)
+    assert not hasattr(model.backbone.body, "regularizer")  # nothing at the stage: the input is erased instead
+    erasing = [t for t in build_transforms(cfg, is_train=True).transforms if isinstance(t, v2.RandomErasing)]
+    assert len(erasing) == 1 and erasing[0].p == 0.5
+    assert not any(isinstance(t, v2.RandomErasing) for t in build_transforms(cfg, is_train=False).transforms)
+    with pytest.raises(ConfigError, match="INPUT.RE_PROB > 0"):  # the arm would otherwise regularise nothing
+        load_config(None, [*TINY, "MODEL.REGULARIZER.NAME", "random_erasing", "INPUT.RE_PROB", "0.0"])
 
 
 # ----- attaching to CNN stages -----

@@ -1,5 +1,6 @@
-"""The study grid: a tiny study end to end, resume without recomputation, refusal of cells made with
-other settings, attack entries added to finished cells, study-file validation, and the aggregation maths."""
+"""The study grid: a tiny study end to end, resume without recomputation (finished and half-trained cells),
+refusal of cells made with other settings, attack entries added to finished cells, study-file validation
+(configs, source domain, models), and the aggregation maths."""
 
 from __future__ import annotations
 
@@ -10,18 +11,39 @@ import pytest
 import yaml
 
 import reid.engine.training
-from reid.engine.attacking import AttackRun
-from reid.engine.study import aggregate, load_study, missing_runs, requested_runs, run_study, summarize_study
+from reid.config import load_config
+from reid.engine.attacking import ATTACK_PROTOCOL, AttackRun
+from reid.engine.hooks import Checkpointer
+from reid.engine.study import (
+    RECORD_NAME,
+    STUDY_TRIPTYCHS,
+    aggregate,
+    load_study,
+    missing_runs,
+    requested_runs,
+    run_study,
+    source_domain,
+    summarize_study,
+)
+from reid.utils.checkpoint import load_checkpoint
 from reid.utils.errors import ConfigError
 from tests.conftest import tiny_train_opts
+
+# The source domain is listed second: the study must find it in DATASETS.TRAIN, not take the first entry.
+TEST_SETS = ("DATASETS.TEST", "('synthetic_duke', 'synthetic_market')")
+
+
+def study_overrides(root, tmp_path, *extra):
+    """The tiny training of tests.conftest at 32x16 (the study's logic does not depend on the image size)."""
+    return tiny_train_opts(root, tmp_path / "unused", "SOLVER.MAX_EPOCHS", "1", "INPUT.RE_PROB", "0.0", *TEST_SETS,
+                           "INPUT.SIZE_TRAIN", "(32, 16)", "INPUT.SIZE_TEST", "(32, 16)", *extra)
 
 
 def write_study(tmp_path, root, **changes):
     study = {
         "name": "tiny", "base_config": "bot_synthetic.yml", "output_dir": str(tmp_path / "study"),
         "seeds": [0, 1], "baseline": "none",
-        "overrides": tiny_train_opts(root, tmp_path / "unused", "SOLVER.MAX_EPOCHS", "1",
-                                     "INPUT.RE_PROB", "0.0"),
+        "overrides": study_overrides(root, tmp_path),
         "arms": {"none": [], "lfm": ["MODEL.REGULARIZER.NAME", "lfm"]},
         "attacks": ["fgsm"], "objectives": ["feature"], "eps": [8], "steps": 1,
     }
@@ -53,9 +75,21 @@ def study_copy(finished_cell, tmp_path, monkeypatch):
     return shutil.copytree(finished_cell, tmp_path / "study")
 
 
+def test_finished_cell_record_source_and_triptychs(finished_cell):
+    cell = finished_cell / "none" / "seed0"
+    record = json.loads((cell / RECORD_NAME).read_text())
+    assert record["source"] == "synthetic_market"  # the trained-on domain, though listed second in DATASETS.TEST
+    assert set(record["clean"]) == {"synthetic_market", "synthetic_duke"}
+    triptychs = list((cell / "attacks" / "synthetic_market").glob("fgsm_feature_eps8_*.png"))
+    assert len(triptychs) == STUDY_TRIPTYCHS
+
+
 @pytest.mark.slow
-def test_tiny_study_runs_and_resumes(synthetic_root, tmp_path):
+def test_tiny_study_runs_and_resumes(synthetic_root, tmp_path, finished_cell):
     spec = load_study(str(write_study(tmp_path, synthetic_root)))
+    # The one-cell study's cell is this study's (none, seed 0), made with the same settings: it is reused as it
+    # is (three cells train here, not four).
+    shutil.copytree(finished_cell / "none", tmp_path / "study" / "none")
     out = run_study(spec)
     for name in ("study.md", "study_long.csv", "study_summary.csv", "study_attacks.png", "study_domains.png"):
         assert (out / name).is_file(), name
@@ -84,8 +118,8 @@ def test_changed_training_setting_is_refused(study_copy, synthetic_root, tmp_pat
         run_study(spec, ["SOLVER.MAX_EPOCHS", "2"])
     assert "finished cell" in str(info.value) and str(cell) in str(info.value) and "--output-dir" in str(info.value)
 
-    changed = one_cell_study(tmp_path, synthetic_root, overrides=tiny_train_opts(
-        synthetic_root, tmp_path, "SOLVER.MAX_EPOCHS", "1", "INPUT.RE_PROB", "0.0", "SOLVER.BASE_LR", "0.01"))
+    changed = one_cell_study(tmp_path, synthetic_root,
+                             overrides=study_overrides(synthetic_root, tmp_path, "SOLVER.BASE_LR", "0.01"))
     with pytest.raises(ConfigError, match=r"SOLVER\.BASE_LR: 0\.001 -> 0\.01"):
         run_study(changed)
     with pytest.raises(ConfigError, match=r"SOLVER\.BASE_LR"):  # the tables would show the old numbers
@@ -134,7 +168,72 @@ def test_old_records_are_checked_against_their_checkpoint(study_copy, synthetic_
     run_study(one_cell_study(tmp_path, synthetic_root))  # matches last.pth: upgraded in place, not retrained
     upgraded = json.loads(path.read_text())
     assert upgraded["config"]["SOLVER"] == config["SOLVER"]
+    # Entries of an earlier attack version are recomputed from last.pth (not taken as today's numbers).
     assert upgraded["attacks"]["fgsm/feature/eps8"]["steps"] == 1
+    assert upgraded["attacks"]["fgsm/feature/eps8"]["protocol"] == ATTACK_PROTOCOL
+
+
+def test_half_trained_cell_resumes_from_its_last_checkpoint(synthetic_root, tmp_path, monkeypatch):
+    spec = one_cell_study(tmp_path, synthetic_root, overrides=study_overrides(
+        synthetic_root, tmp_path, "SOLVER.MAX_EPOCHS", "2", "DATASETS.TEST", "('synthetic_market',)"))
+    cell = tmp_path / "study" / "none" / "seed0"
+    save_checkpoint = Checkpointer.after_epoch
+
+    def killed_after_the_first_epoch(self):
+        save_checkpoint(self)
+        if self.trainer.epoch == 0:
+            raise KeyboardInterrupt  # the study is stopped once last.pth holds epoch 1 of 2
+
+    with monkeypatch.context() as patch:
+        patch.setattr(Checkpointer, "after_epoch", killed_after_the_first_epoch)
+        with pytest.raises(KeyboardInterrupt):
+            run_study(spec)
+    assert load_checkpoint(cell / "last.pth")["epoch"] == 1 and not (cell / RECORD_NAME).exists()
+
+    train, resumed = reid.engine.training.train, []
+
+    def spy(cfg, resume=False, **kwargs):
+        resumed.append(resume)
+        return train(cfg, resume=resume, **kwargs)
+
+    monkeypatch.setattr(reid.engine.training, "train", spy)
+    run_study(spec)
+    assert resumed == [True]  # continued from last.pth, not restarted
+    assert load_checkpoint(cell / "last.pth")["epoch"] == 2
+    record = json.loads((cell / RECORD_NAME).read_text())
+    assert record["config"]["SOLVER"]["MAX_EPOCHS"] == 2 and "fgsm/feature/eps8" in record["attacks"]
+
+
+def test_bad_regularizer_settings_fail_before_anything_trains(synthetic_root, tmp_path, monkeypatch):
+    monkeypatch.setattr(reid.engine.training, "train", lambda *a, **k: pytest.fail("the study trained a cell"))
+    bad_stage = ["MODEL.REGULARIZER.NAME", "lfm", "MODEL.REGULARIZER.STAGE", "nosuchlayer"]
+    with pytest.raises(ConfigError, match=r"tiny\.yml, field 'arms', arm 'lfm': .*stage 'nosuchlayer'"):
+        load_study(str(write_study(tmp_path, synthetic_root, arms={"none": [], "lfm": bad_stage})))
+    # Set for every arm, the stage only matters to the arms that place a regulariser: those are named.
+    with pytest.raises(ConfigError, match=r"arm 'dropblock': .*'nosuchlayer'"):
+        load_study(str(write_study(
+            tmp_path, synthetic_root, overrides=study_overrides(synthetic_root, tmp_path, *bad_stage[2:]),
+            arms={"none": [], "dropblock": ["MODEL.REGULARIZER.NAME", "dropblock"]})))
+    # Command-line overrides reach every cell as well: checked before the first cell trains.
+    spec = load_study(str(write_study(tmp_path, synthetic_root, arms={"none": [], "lfm": bad_stage[:2]})))
+    with pytest.raises(ConfigError, match=r"command-line overrides MODEL\.REGULARIZER\.STAGE nosuchlayer: .*stage"):
+        run_study(spec, bad_stage[2:])
+    assert not (tmp_path / "study").exists()
+
+
+def test_source_domain_is_the_test_set_the_cells_train_on(synthetic_root, tmp_path):
+    def cfg(*opts):
+        return load_config("bot_synthetic.yml", list(opts))
+
+    assert source_domain(cfg(*TEST_SETS)) == "synthetic_market"
+    with pytest.raises(ConfigError, match=r"none of them is in DATASETS\.TRAIN \['synthetic_market'\]"):
+        source_domain(cfg("DATASETS.TEST", "('synthetic_duke',)"))
+    with pytest.raises(ConfigError, match=r"2 of them \(synthetic_market, synthetic_duke\)"):
+        source_domain(cfg("DATASETS.TRAIN", "('synthetic_market', 'synthetic_duke')"))
+    # Checked when the study file is loaded, before anything runs.
+    with pytest.raises(ConfigError, match=r"tiny\.yml, field 'overrides': .*none of them"):
+        load_study(str(write_study(tmp_path, synthetic_root, overrides=study_overrides(
+            synthetic_root, tmp_path, "DATASETS.TEST", "('synthetic_duke',)"))))
 
 
 def test_requested_and_missing_attack_entries():
@@ -143,9 +242,12 @@ def test_requested_and_missing_attack_entries():
     requested = requested_runs(spec)
     fgsm, ifgsm = AttackRun("fgsm", "feature", 8.0), AttackRun("ifgsm", "feature", 8.0)
     assert requested == {fgsm: 1, ifgsm: 3}  # FGSM is one step whatever the study's steps
-    record = {"attacks": {fgsm.key: {"mAP": 0.5, "steps": 1}, ifgsm.key: {"mAP": 0.4, "steps": 2}}}
+    record = {"attacks": {fgsm.key: {"mAP": 0.5, "steps": 1, "protocol": ATTACK_PROTOCOL},
+                          ifgsm.key: {"mAP": 0.4, "steps": 2, "protocol": ATTACK_PROTOCOL}}}
     assert missing_runs(record, requested) == [ifgsm]  # computed with another step count
     assert missing_runs(None, requested) == [fgsm, ifgsm]
+    record["attacks"][fgsm.key]["protocol"] = ATTACK_PROTOCOL - 1
+    assert missing_runs(record, requested) == [fgsm, ifgsm]  # computed by an earlier version of the attacks
 
 
 @pytest.mark.parametrize("changes, message", [

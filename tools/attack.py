@@ -7,7 +7,9 @@
 The perturbation is bounded by eps/255 per pixel (L-inf) and applied to the [0, 1] image before the model's
 normalisation. Settings not given on the command line come from TEST.ATTACK.*; without --config, the config
 stored in the checkpoint is used. Results go to OUTPUT_DIR/results.json (clean metrics per dataset, attacks
-under "attacks"), triptychs (--vis) to OUTPUT_DIR/attacks/<dataset>/.
+under "attacks"), triptychs (--vis) to OUTPUT_DIR/attacks/<dataset>/. Features are computed in float32 on
+every device, and adversarial images are rounded to 8 bits inside the eps ball before they are evaluated,
+so --save-adv writes exactly the images the reported numbers come from.
 """
 
 import argparse
@@ -16,7 +18,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from reid.engine.attacking import attack  # noqa: E402
+from reid.engine.attacking import DEFAULT_TRIPTYCHS, attack  # noqa: E402
 from reid.engine.testing import config_and_weights  # noqa: E402
 from reid.evaluation.attacks import ATTACKS  # noqa: E402
 from reid.utils.cli import add_config_arguments, parser_from_docstring, run_cli  # noqa: E402
@@ -50,8 +52,9 @@ def main() -> None:
     parser.add_argument("--objective", choices=("feature", "metric", "both"), default=None,
                         help="feature: away from the clean feature; metric: away from the true gallery matches "
                              "(default: TEST.ATTACK.OBJECTIVE)")
-    parser.add_argument("--vis", type=int, default=0, metavar="N",
-                        help="save clean/adversarial/difference pictures of the first N queries per setting")
+    parser.add_argument("--vis", type=int, default=DEFAULT_TRIPTYCHS, metavar="N",
+                        help="save clean/adversarial/difference pictures of the first N queries per setting "
+                             f"(default {DEFAULT_TRIPTYCHS}; 0: none)")
     parser.add_argument("--save-adv", default=None, metavar="DIR",
                         help="write each attacked query set as DIR/<attack>_<objective>_eps<E>/<dataset folder>/ "
                              "(PNG queries, links to the clean gallery): use it as DATASETS.ROOT with tools/test.py")

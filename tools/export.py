@@ -9,9 +9,11 @@
 The exported model takes RGB images, float32 (float16 with --half), shape (N, 3, H, W) with (H, W) =
 INPUT.SIZE_TEST, values in [0, 1] (mean/std normalisation is inside), and returns (N, D) features
 (post-BNNeck, L2-normalised when TEST.FEAT_NORM). Without --config the checkpoint's stored config is
-used; KEY VALUE overrides apply (after all options). A file that fails verification is kept as
-OUTPUT.failed and the command exits non-zero. Verification runs on the CPU, where float16 TorchScript is
-slow (about 100 s for a ResNet-50 at 256x128 on 2 cores).
+used; KEY VALUE overrides apply (after all options). Verification runs the written file on random (and
+--verify-images) batches against the float32 PyTorch model: float32 must agree within 1e-4 absolute
+(max |diff|), float16 within 1e-2 x max(1, max |ref|) and cosine >= 0.999 per feature. A file that fails
+verification is kept as OUTPUT.failed and the command exits non-zero. Verification runs on the CPU, where
+float16 TorchScript is slow (about 100 s for a ResNet-50 at 256x128 on 2 cores).
 """
 
 import argparse

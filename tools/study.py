@@ -5,9 +5,12 @@
     python tools/study.py --preset market             # real data on a GPU
     python tools/study.py --preset synthetic --summarize-only
 
-Re-running resumes: finished cells are reused, and only attack results the study file newly asks for
-(another eps, attack, objective or step count) are computed from their weights. A cell trained with
-other settings is refused with an error naming it; use another --output-dir for new settings.
+Re-running resumes: finished cells are reused, half-trained ones continue from their last.pth, and only
+attack results the study file newly asks for (another eps, attack, objective or step count, or results of
+an earlier version of the attack code) are computed from their weights. A cell trained with other settings
+is refused with an error naming it; use another --output-dir for new settings. The study file and the
+KEY VALUE overrides are checked for every arm (config, source domain, model) before anything trains. Each
+cell keeps a few clean/adversarial/difference triptychs per attack setting in <cell>/attacks/<source>/.
 """
 
 import argparse

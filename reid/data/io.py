@@ -23,7 +23,9 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
     """
     path = os.fspath(path)
     if not os.path.isfile(path):  # checked first: OpenCV would only print a warning and return None
-        raise DatasetError(f"Image {path} does not exist; the dataset folder may be incomplete or was moved.")
+        # Said for both callers: a user's own image (a wrong path) and a dataset record (a damaged tree).
+        raise DatasetError(f"Image {path} does not exist: check the path (for an image of a dataset: the dataset "
+                           "folder may be incomplete, or may have been moved since it was listed).")
     # imread (not imdecode, which refuses them) decodes truncated JPEGs; 3-channel BGR, alpha dropped
     image = cv2.imread(path, cv2.IMREAD_COLOR)
     if image is None:

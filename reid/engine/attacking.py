@@ -7,9 +7,19 @@ holds ``linf_255``, the largest pixel change measured, in 1/255 units. The clean
 the dataset entry, as in ``tools/test.py``'s results.json, and the attacks are nested like its
 ``rerank`` entry. ``attack`` is what ``tools/attack.py`` runs: load, ``run_attacks``, table, results.json.
 
-The gallery is never attacked. Clean and adversarial features are computed the same way (bf16 autocast
-on CUDA, TEST.FLIP averaging), and the attack differentiates through that same computation. Distances
-follow TEST.METRIC and TEST.FEAT_NORM; re-ranking (TEST.RERANK) is not evaluated here.
+The gallery is never attacked. Clean and adversarial query features come from the same computation: the
+same query batches through :func:`~reid.evaluation.attacks.embed` in float32 on every device, with TEST.FLIP
+averaging, and the same evaluation call; the attack differentiates through that computation too. TEST.AMP
+is ignored here, as bf16 noise would otherwise separate clean from attacked numbers (on CUDA, convolutions
+may use TF32 where PyTorch's settings allow it, for both alike). So an eps-0 attack reproduces the clean
+row exactly. (The clean row can differ slightly from ``tools/test.py``'s, which uses bf16 on CUDA.)
+
+Adversarial images are snapped to the 8-bit grid (:func:`reid.evaluation.attacks.quantize_to_8bit`)
+before they are embedded, drawn or saved: the reported numbers are those of images that exist as 8-bit
+files, and the set written with ``save_adv`` gives exactly these numbers when read back. Random draws
+come from one generator per query image, seeded from (TEST.ATTACK.SEED, its index in the query list), so
+the adversarial set does not depend on TEST.IMS_PER_BATCH. Distances follow TEST.METRIC and TEST.FEAT_NORM;
+re-ranking (TEST.RERANK) is not evaluated here.
 """
 
 from __future__ import annotations
@@ -41,21 +51,24 @@ from reid.evaluation.attacks import (
     attack_images,
     embed,
     feature_disruption,
+    image_generators,
     metric_attack,
+    quantize_to_8bit,
     true_match_mask,
 )
-from reid.evaluation.evaluator import (
-    ExtractedFeatures,
-    evaluate_extracted,
-    extract_features,
-    result_row,
-)
-from reid.evaluation.rank import evaluate_features
+from reid.evaluation.evaluator import extract_features, result_row
+from reid.evaluation.rank import RankResult, evaluate_features
 from reid.utils.errors import ConfigError, ReIDError
 
 logger = logging.getLogger("reid.engine")
 
+# Version of how an attacked number is computed, stored with the study's results so that numbers of
+# different versions are never mixed in one table. 1: before versions were stored (bf16 features on CUDA,
+# real-valued adversarial images, one random stream per batch); 2: float32 features, 8-bit adversarial
+# images, random draws per image. Raise it whenever a change to the attacks changes their numbers.
+ATTACK_PROTOCOL = 2
 TRIPTYCH_GAP = 4  # white pixels between the clean, adversarial and difference panels
+DEFAULT_TRIPTYCHS = 4  # queries per attack setting drawn as clean/adversarial/difference triptychs
 
 
 @dataclass(frozen=True)
@@ -99,10 +112,10 @@ def run_attacks(cfg: CfgNode, model: nn.Module, datasets: Sequence[str], attacks
                 save_adv: str | Path | None = None) -> dict[str, dict]:
     """Attack the queries of each dataset with every (attack, objective, eps) and evaluate them.
 
-    ``eps_list`` is in 1/255 units. ``seed`` (default TEST.ATTACK.SEED) seeds one generator per dataset
-    and attacked set, so a set does not depend on which other sets the call computes. ``vis`` saves the
-    first ``vis`` queries of each set as clean/adversarial/difference triptychs under
-    ``out_dir/attacks/<dataset>/``; ``save_adv`` writes each attacked query set as a dataset tree
+    ``eps_list`` is in 1/255 units. ``seed`` (default TEST.ATTACK.SEED) seeds one generator per query image
+    (with its index), so a set depends neither on which other sets the call computes nor on the batch
+    size. ``vis`` saves the first ``vis`` queries of each set as clean/adversarial/difference triptychs
+    under ``out_dir/attacks/<dataset>/``; ``save_adv`` writes each attacked query set as a dataset tree
     (see :func:`prepare_adversarial_tree`). Returns the nested results; writes no results.json.
     """
     runs = plan_runs(attacks, objectives, eps_list)
@@ -119,61 +132,85 @@ def run_attacks(cfg: CfgNode, model: nn.Module, datasets: Sequence[str], attacks
     table: dict[str, dict] = {}
     for name in datasets:
         data = build_test_loader(cfg, name)
-        # fp32 like the adversarial features below, so that only the perturbation separates the two
-        clean = ExtractedFeatures(*extract_features(model, data.loader, device, cfg.TEST.FLIP, desc=name, amp=False),
-                                  data.num_query)
-        table[name] = result_row(evaluate_extracted(cfg, clean, rerank=False)["plain"])
-        adv_features, linf = _attack_queries(cfg, model, data, clean, runs, steps, device, seed, vis,
-                                             Path(out_dir) / "attacks" / name, save_adv)
-        _, gf, q_pids, g_pids, q_camids, g_camids = clean.split()
-        table[name]["attacks"] = {}
+        gallery = Subset(data.loader.dataset, range(data.num_query, len(data.loader.dataset)))
+        # float32 like the query features below (the gallery is shared by the clean and attacked rows)
+        gf, g_pids, g_camids, _ = extract_features(model, _loader(cfg, gallery), device, cfg.TEST.FLIP,
+                                                   desc=f"{name} gallery", amp=False)
+        queries = _attack_queries(cfg, model, data, gf, g_pids, g_camids, runs, steps, device, seed, vis,
+                                  Path(out_dir) / "attacks" / name, save_adv)
+
+        def evaluate(query_features: torch.Tensor) -> RankResult:
+            return evaluate_features(query_features, gf, queries.pids, g_pids, queries.camids, g_camids,
+                                     metric=cfg.TEST.METRIC, normalize=cfg.TEST.FEAT_NORM, max_rank=cfg.TEST.MAX_RANK)
+
+        table[name] = {**result_row(evaluate(queries.clean)), "attacks": {}}
         for run in runs:
-            result = evaluate_features(adv_features[run], gf, q_pids, g_pids, q_camids, g_camids,
-                                       metric=cfg.TEST.METRIC, normalize=cfg.TEST.FEAT_NORM, max_rank=cfg.TEST.MAX_RANK)
-            table[name]["attacks"][run.key] = {**result_row(result), "linf_255": round(linf[run] * 255, 4)}
+            table[name]["attacks"][run.key] = {**result_row(evaluate(queries.adversarial[run])),
+                                               "linf_255": round(queries.linf[run] * 255, 4)}
     return table
 
 
-def _attack_queries(cfg: CfgNode, model: nn.Module, data: TestData, clean: ExtractedFeatures, runs: list[AttackRun],
-                    steps: int, device: torch.device, seed: int, vis: int, vis_dir: Path,
-                    save_adv: str | Path | None) -> tuple[dict[AttackRun, torch.Tensor], dict[AttackRun, float]]:
-    """Adversarial query features of every run (and the largest perturbation measured), batch by batch,
-    so that each query image is read once for all runs."""
-    qf, gf, q_pids, g_pids, q_camids, g_camids = clean.split()
-    metric, normalize = cfg.TEST.METRIC, cfg.TEST.FEAT_NORM
-    generators = {run: torch.Generator().manual_seed(seed) for run in runs}
-    adv_features = {run: torch.empty_like(qf) for run in runs}
+@dataclass
+class _AttackedQueries:
+    """The query set of one dataset, clean and under each attack run."""
+
+    clean: torch.Tensor  # (Nq, D) features of the clean queries
+    pids: torch.Tensor
+    camids: torch.Tensor
+    adversarial: dict[AttackRun, torch.Tensor]  # (Nq, D) features per run
+    linf: dict[AttackRun, float]  # largest pixel change per run, in [0, 1] units
+
+
+def _loader(cfg: CfgNode, subset: Subset) -> DataLoader:
+    return DataLoader(subset, batch_size=cfg.TEST.IMS_PER_BATCH, num_workers=cfg.DATALOADER.NUM_WORKERS)
+
+
+def _attack_queries(cfg: CfgNode, model: nn.Module, data: TestData, gf: torch.Tensor, g_pids: torch.Tensor,
+                    g_camids: torch.Tensor, runs: list[AttackRun], steps: int, device: torch.device, seed: int,
+                    vis: int, vis_dir: Path, save_adv: str | Path | None) -> _AttackedQueries:
+    """Clean and adversarial query features of every run (and the largest perturbation measured), batch by
+    batch, so that each query image is read once for all runs."""
+    metric, normalize, flip = cfg.TEST.METRIC, cfg.TEST.FEAT_NORM, cfg.TEST.FLIP
+    num_query = data.num_query
+    clean = torch.empty(num_query, gf.shape[1], device=gf.device)
+    pids = torch.empty(num_query, dtype=torch.long)
+    camids = torch.empty(num_query, dtype=torch.long)
+    adv_features = {run: torch.empty_like(clean) for run in runs}
     linf = {run: 0.0 for run in runs}
     query_dirs = {run: prepare_adversarial_tree(data.dataset, cfg.DATASETS.ROOT, Path(save_adv) / run.slug)
                   for run in runs} if save_adv is not None else {}
-    loader = DataLoader(Subset(data.loader.dataset, range(data.num_query)), batch_size=cfg.TEST.IMS_PER_BATCH,
-                        num_workers=cfg.DATALOADER.NUM_WORKERS)
+    loader = _loader(cfg, Subset(data.loader.dataset, range(num_query)))
     start, done = time.perf_counter(), 0
     for batch in loader:
         images = batch["images"].to(device, non_blocking=True)
         index = batch["index"]  # positions in the query list
-        rows = index.to(qf.device)
+        rows = index.to(clean.device)
+        pids[index], camids[index] = batch["pids"], batch["camids"]
+        with torch.no_grad():  # the same call as for the adversarial images below: eps 0 gives these exactly
+            clean[rows] = embed(model, images, flip)
         for run in runs:
             if run.objective == "feature":
-                objective = feature_disruption(qf[rows], metric, normalize)
+                objective = feature_disruption(clean[rows], metric, normalize)
             else:
-                mask = true_match_mask(q_pids[index], q_camids[index], g_pids, g_camids)
-                objective = metric_attack(gf, mask, qf[rows], metric, normalize)
-            adv = attack_images(model, images, run.attack, run.eps / 255, steps, objective,
-                                generator=generators[run], flip=cfg.TEST.FLIP)
+                mask = true_match_mask(batch["pids"], batch["camids"], g_pids, g_camids)
+                objective = metric_attack(gf, mask, clean[rows], metric, normalize)
+            eps = run.eps / 255
+            adv = attack_images(model, images, run.attack, eps, steps, objective,
+                                generator=image_generators(seed, index.tolist()), flip=flip)
+            # What is evaluated is what an 8-bit file (--save-adv) holds, not a float image no file can store.
+            adv = quantize_to_8bit(adv, images, eps)
             with torch.no_grad():
-                adv_features[run][rows] = embed(model, adv, cfg.TEST.FLIP).to(qf.dtype)
+                adv_features[run][rows] = embed(model, adv, flip)
             linf[run] = max(linf[run], float((adv - images).abs().max()))
             for i in range(len(images)):
                 if int(index[i]) < vis:
-                    save_triptych(images[i], adv[i], run.eps / 255,
-                                  vis_dir / f"{run.slug}_{Path(batch['paths'][i]).stem}.png")
+                    save_triptych(images[i], adv[i], eps, vis_dir / f"{run.slug}_{Path(batch['paths'][i]).stem}.png")
                 if run in query_dirs:
                     write_image(adv[i], query_dirs[run] / f"{Path(batch['paths'][i]).stem}.png")
         done += len(images)
-        logger.info(f"attacked {done}/{data.num_query} queries x {len(runs)} settings "
+        logger.info(f"attacked {done}/{num_query} queries x {len(runs)} settings "
                     f"({done * len(runs) / max(time.perf_counter() - start, 1e-9):.1f} attacked images/s)")
-    return adv_features, linf
+    return _AttackedQueries(clean, pids, camids, adv_features, linf)
 
 
 def prepare_adversarial_tree(dataset: ReIDDataset, root: str | Path, out_root: Path) -> Path:
@@ -182,7 +219,7 @@ def prepare_adversarial_tree(dataset: ReIDDataset, root: str | Path, out_root: P
     The other subset folders are symbolic links to the originals (copies where links are not allowed),
     so ``DATASETS.ROOT out_root`` evaluates the attacked queries against the clean gallery with any tool.
     Adversarial queries are lossless PNGs at INPUT.SIZE_TEST with the original file stems (a JPEG would
-    partly undo the perturbation); their values are rounded to the 8-bit grid.
+    partly undo the perturbation); they hold exactly the 8-bit images that were evaluated.
     """
     source = Path(dataset.root)  # built as DATASETS.ROOT / one of the source's candidate folders
     try:
@@ -239,7 +276,8 @@ def format_attack_table(table: dict[str, dict]) -> str:
 
 
 def attack(cfg: CfgNode, weights: str | Path, attacks: Sequence[str], eps_list: Sequence[float],
-           objectives: Sequence[str], steps: int, vis: int = 0, save_adv: str | Path | None = None) -> dict:
+           objectives: Sequence[str], steps: int, vis: int = DEFAULT_TRIPTYCHS,
+           save_adv: str | Path | None = None) -> dict:
     """What ``tools/attack.py`` does: attack the queries of every DATASETS.TEST entry with ``weights``,
     log a table and write ``OUTPUT_DIR/results.json`` (with the settings under ``"attack"``)."""
     plan_runs(attacks, objectives, eps_list, steps)  # fail on bad settings before loading anything
@@ -254,8 +292,9 @@ def attack(cfg: CfgNode, weights: str | Path, attacks: Sequence[str], eps_list: 
     table = run_attacks(cfg, model, cfg.DATASETS.TEST, attacks, eps_list, objectives, steps, out, device,
                         vis=vis, save_adv=save_adv)
     logger.info(f"White-box attacks on the queries of {weights} (eps in 1/255 units):\n" + format_attack_table(table))
-    settings = {"steps": steps, "seed": cfg.TEST.ATTACK.SEED, "metric": cfg.TEST.METRIC,
+    settings = {"protocol": ATTACK_PROTOCOL, "steps": steps, "seed": cfg.TEST.ATTACK.SEED, "metric": cfg.TEST.METRIC,
                 "feat_norm": cfg.TEST.FEAT_NORM, "flip": cfg.TEST.FLIP, "eps_unit": "1/255",
+                "precision": "float32", "images": "8-bit (quantised to the 1/255 grid inside the eps ball)",
                 "step_size": f"fgsm: eps; ifgsm, mifgsm: eps/steps; pgd: {PGD_ALPHA_FACTOR}*eps/steps"}
     logger.info(f"Wrote {write_results(out, {'results': table, 'weights': str(weights), 'attack': settings})}")
     return table

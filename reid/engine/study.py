@@ -2,18 +2,22 @@
 
 A study file (``configs/study/*.yml``) names a base experiment, the regulariser arms (each a list of
 ``KEY VALUE`` overrides), the seeds, and the attacks. Every (arm, seed) cell trains on the source
-domain, is evaluated on every DATASETS.TEST entry and attacked on the source domain's queries; its
-record (``study_record.json``, written atomically) stores the numbers together with what produced them:
-the cell's final config and, for each attack entry, its step count. The summary reports mean and
-standard deviation over seeds, and paired differences against the ``none`` arm (same seeds, same data).
+domain (the one DATASETS.TEST entry that is also in DATASETS.TRAIN), is evaluated on every DATASETS.TEST
+entry and attacked on the source domain's queries, with a few clean/adversarial/difference triptychs per
+attack setting in ``<cell>/attacks/<source>/``; its record (``study_record.json``, written atomically)
+stores the numbers together with what produced them: the cell's final config and, for each attack entry,
+its step count. The summary reports mean and standard deviation over seeds, and paired differences
+against the ``none`` arm (same seeds, same data).
 
 Resuming checks every existing cell against the current study file and command line before anything
 trains. A cell trained with other settings is refused with a ConfigError (finished work is never
 overwritten, nor silently reused); a half-trained cell resumes from its ``last.pth``; a finished cell
 whose record lacks attack entries the study now asks for (another eps, attack, objective or step
-count) gets just those computed from its ``last.pth``. Entries the study no longer asks for stay in the
-record but leave the tables. Records written before the config was stored are checked against the
-config inside their ``last.pth`` and upgraded; without a ``last.pth`` they are kept with a warning.
+count, or entries computed by an earlier version of the attack code, see
+:data:`~reid.engine.attacking.ATTACK_PROTOCOL`) gets just those computed from its ``last.pth``. Entries
+the study no longer asks for stay in the record but leave the tables. Records written before the config
+was stored are checked against the config inside their ``last.pth`` and upgraded; without a ``last.pth``
+they are kept with a warning.
 """
 
 from __future__ import annotations
@@ -29,12 +33,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
+import torch
 import yaml
 from yacs.config import CfgNode
 
 from reid.config import config_to_dict, load_config, resolve_config_path
-from reid.engine.attacking import AttackRun, plan_runs
+from reid.engine.attacking import ATTACK_PROTOCOL, AttackRun, plan_runs
 from reid.evaluation.attacks import ATTACKS, OBJECTIVES, attack_settings
+from reid.modeling import build_model
 from reid.utils.errors import ConfigError, ReIDError
 
 logger = logging.getLogger("reid.study")
@@ -47,6 +53,7 @@ ARM_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")  # arms name folders
 # Config keys that cannot change a cell's numbers: where the cell and its data live (a study folder or
 # the datasets may be moved) and how often it logs.
 RESULT_NEUTRAL_KEYS = frozenset({"OUTPUT_DIR", "DATASETS.ROOT", "SOLVER.LOG_PERIOD"})
+STUDY_TRIPTYCHS = 2  # queries drawn as clean/adversarial/difference triptychs per attack setting and cell
 
 
 @dataclass
@@ -69,8 +76,9 @@ class StudySpec:
 def load_study(preset_or_path: str) -> StudySpec:
     """A preset name (``synthetic``, ``market``) from configs/study/, or a path to a study file.
 
-    The whole file is checked before anything runs: every field's type and range, and every arm's
-    config (built the way its cells will be), so a mistake surfaces now and not after hours of training.
+    The whole file is checked before anything runs: every field's type and range, every arm's config
+    (built the way its cells will be), its source domain, and its model (built without weights), so a
+    mistake surfaces now and not after hours of training.
     """
     path = Path(preset_or_path)
     if not path.is_file():
@@ -85,7 +93,7 @@ def load_study(preset_or_path: str) -> StudySpec:
     spec.arms = {arm: [str(v) for v in opts] for arm, opts in spec.arms.items()}
     spec.overrides = [str(v) for v in spec.overrides]
     spec.eps = [float(e) for e in spec.eps]
-    _check_arm_configs(spec, path)
+    _check_arms(spec, f"Study file {path}")
     return spec
 
 
@@ -190,25 +198,59 @@ def _check_override_list(path: Path, opts: Any, name: str, arm: str | None = Non
                                        f"in {opts!r}.", arm)
 
 
-def _check_arm_configs(spec: StudySpec, path: Path) -> None:
-    """Build every arm's config as its cells will; a failure names the layer that causes it."""
+def _check_arms(spec: StudySpec, origin: str, extra_opts: Sequence[str] = ()) -> None:
+    """Build every arm's config, find its source domain and build its model, as its cells will; a failure
+    is a ConfigError naming ``origin`` (the study file) and the layer that causes it."""
     out = Path(spec.output_dir)
     try:
         resolve_config_path(spec.base_config)
     except ConfigError as exc:
-        raise ConfigError(f"Study file {path}, field 'base_config': {exc}") from exc
+        raise ConfigError(f"{origin}, field 'base_config': {exc}") from exc
     for arm in spec.arms:
         try:
-            _cell_config(spec, arm, spec.seeds[0], out)
-        except ConfigError as exc:
-            where = f"field 'arms', arm {arm!r}"
-            for layer, opts in (("field 'base_config'", []), ("field 'overrides'", spec.overrides)):
-                try:
-                    load_config(spec.base_config, opts)
-                except ConfigError:
-                    where = layer
-                    break
-            raise ConfigError(f"Study file {path}, {where}: {exc}") from exc
+            _check_cell_config(_cell_config(spec, arm, spec.seeds[0], out, extra_opts))
+        except ReIDError as exc:  # ReIDError too: a regulariser stage the backbone lacks is found by build_model
+            raise ConfigError(f"{origin}, {_failing_layer(spec, arm, extra_opts)}: {exc}") from exc
+
+
+def _check_cell_config(cfg: CfgNode) -> None:
+    """What a cell needs of its config before it trains: one source domain, and a model that builds."""
+    source_domain(cfg)
+    # Only the structure is checked (regulariser, stage, backbone, head): built on the meta device it costs
+    # no memory, no initialisation and no weights, so large backbones check in a fraction of a second.
+    try:
+        with torch.device("meta"):
+            build_model(cfg, num_classes=0, load_imagenet=False)
+    except ReIDError:
+        raise
+    except Exception:  # a third-party constructor that computes on tensors, which meta tensors cannot: build it
+        build_model(cfg, num_classes=0, load_imagenet=False)
+
+
+def _failing_layer(spec: StudySpec, arm: str, extra_opts: Sequence[str]) -> str:
+    """The first layer of the cell's config (base, overrides, arm, command line) whose config already fails."""
+    layers = [("field 'base_config'", []), ("field 'overrides'", spec.overrides),
+              (f"field 'arms', arm {arm!r}", [*spec.overrides, *spec.arms[arm]])]
+    for where, opts in layers:
+        try:
+            _check_cell_config(load_config(spec.base_config, opts))
+        except ReIDError:
+            return where
+    return f"the command-line overrides {' '.join(extra_opts)}" if extra_opts else f"field 'arms', arm {arm!r}"
+
+
+def source_domain(cfg: CfgNode) -> str:
+    """The cell's source domain: the one DATASETS.TEST entry it trains on (DATASETS.TRAIN). Its queries are
+    attacked and its row is the same-domain result; the other DATASETS.TEST entries are cross-domain."""
+    sources = [name for name in dict.fromkeys(cfg.DATASETS.TEST) if name in cfg.DATASETS.TRAIN]
+    if len(sources) != 1:
+        found = "none of them is" if not sources else f"{len(sources)} of them ({', '.join(sources)}) are"
+        raise ConfigError(
+            f"A study needs one source domain, a DATASETS.TEST entry the cells train on, but of DATASETS.TEST "
+            f"{list(cfg.DATASETS.TEST)}, {found} in DATASETS.TRAIN {list(cfg.DATASETS.TRAIN)}. List exactly one "
+            "training dataset in DATASETS.TEST (same-domain, attacked) and the unseen ones (cross-domain)."
+        )
+    return sources[0]
 
 
 def _cell_config(spec: StudySpec, arm: str, seed: int, out: Path, extra_opts: Sequence[str] = ()) -> CfgNode:
@@ -226,7 +268,7 @@ class _Cell:
     seed: int
     cfg: CfgNode
     record: dict | None = None  # the finished cell's record
-    upgraded: bool = False  # an old record that gained its config or step counts, to be written back
+    upgraded: bool = False  # an old record that gained its config (from last.pth), to be written back
     epochs_done: int = 0  # completed epochs in last.pth
 
     @property
@@ -241,9 +283,14 @@ def requested_runs(spec: StudySpec) -> dict[AttackRun, int]:
 
 
 def missing_runs(record: dict | None, requested: dict[AttackRun, int]) -> list[AttackRun]:
-    """The requested entries a record lacks, or holds from another step count."""
+    """The requested entries a record lacks, or holds from another step count or attack protocol."""
     stored = record["attacks"] if record else {}
-    return [run for run, steps in requested.items() if stored.get(run.key, {}).get("steps") != steps]
+    return [run for run, steps in requested.items() if not _is_current(stored.get(run.key, {}), steps)]
+
+
+def _is_current(entry: dict, steps: int) -> bool:
+    """Whether a stored attack entry is what the study now computes: same step count, same attack code."""
+    return entry.get("steps") == steps and entry.get("protocol") == ATTACK_PROTOCOL
 
 
 def config_differences(stored: dict, current: dict) -> list[str]:
@@ -267,7 +314,7 @@ def _flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
     return flat
 
 
-def _inspect_cell(cell: _Cell, requested: dict[AttackRun, int]) -> list[str]:
+def _inspect_cell(cell: _Cell) -> list[str]:
     """Load what the cell's folder holds into ``cell``; the config differences that forbid reusing it."""
     from reid.utils.checkpoint import load_checkpoint
 
@@ -275,7 +322,6 @@ def _inspect_cell(cell: _Cell, requested: dict[AttackRun, int]) -> list[str]:
     current = config_to_dict(cell.cfg)
     if record_path.is_file():
         cell.record = _read_record(record_path)
-        _stamp_old_entries(cell, requested, record_path)
         stored = cell.record.get("config")
         if stored is None:  # written before records stored their config: the checkpoint still has it
             stored = load_checkpoint(last).get("config") if last.is_file() else None
@@ -294,19 +340,6 @@ def _inspect_cell(cell: _Cell, requested: dict[AttackRun, int]) -> list[str]:
     return []
 
 
-def _stamp_old_entries(cell: _Cell, requested: dict[AttackRun, int], record_path: Path) -> None:
-    """Give attack entries written before step counts were stored the study's current count."""
-    steps = {run.key: count for run, count in requested.items()}
-    unstamped = [key for key, row in cell.record["attacks"].items() if "steps" not in row and key in steps]
-    if not unstamped:
-        return
-    for key in unstamped:
-        cell.record["attacks"][key]["steps"] = steps[key]
-    cell.upgraded = True
-    logger.warning(f"  {record_path} does not store the attacks' step counts; its entries are taken to use this "
-                   "study's steps. Delete the record to recompute them from last.pth.")
-
-
 def _read_record(path: Path) -> dict:
     try:
         record = json.loads(path.read_text())
@@ -319,8 +352,7 @@ def _read_record(path: Path) -> dict:
     return record
 
 
-def _plan_cells(spec: StudySpec, extra_opts: Sequence[str], requested: dict[AttackRun, int],
-                only_finished: bool = False) -> list[_Cell]:
+def _plan_cells(spec: StudySpec, extra_opts: Sequence[str], only_finished: bool = False) -> list[_Cell]:
     """Every cell's config and folder state; refuses, before anything runs, cells made with other settings."""
     out = Path(spec.output_dir)
     cells, refused = [], []
@@ -329,7 +361,7 @@ def _plan_cells(spec: StudySpec, extra_opts: Sequence[str], requested: dict[Atta
             cell = _Cell(arm, seed, _cell_config(spec, arm, seed, out, extra_opts))
             if only_finished and not (cell.run_dir / RECORD_NAME).is_file():
                 continue
-            differences = _inspect_cell(cell, requested)
+            differences = _inspect_cell(cell)
             if differences:
                 refused.append((cell, differences))
             cells.append(cell)
@@ -356,7 +388,9 @@ def run_study(spec: StudySpec, extra_opts: Sequence[str] = ()) -> Path:
     from reid.evaluation.evaluator import evaluate_datasets
 
     requested = requested_runs(spec)
-    cells = _plan_cells(spec, extra_opts, requested)
+    if extra_opts:  # load_study checked the file alone; command-line overrides can break any cell as well
+        _check_arms(spec, f"Study {spec.name!r}", extra_opts)
+    cells = _plan_cells(spec, extra_opts)
     Path(spec.output_dir).mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     for index, cell in enumerate(cells, 1):
@@ -378,7 +412,7 @@ def run_study(spec: StudySpec, extra_opts: Sequence[str] = ()) -> Path:
             else:
                 clean = train(cfg, resume=cell.epochs_done > 0)
                 model, _ = load_model_for_inference(last, cfg, _device(cfg))
-            record = {"arm": cell.arm, "seed": cell.seed, "source": cfg.DATASETS.TEST[0],
+            record = {"arm": cell.arm, "seed": cell.seed, "source": source_domain(cfg),
                       "config": config_to_dict(cfg),
                       "clean": {name: {m: row[m] for m in METRICS} for name, row in clean.items()},
                       "attacks": {}}
@@ -388,15 +422,17 @@ def run_study(spec: StudySpec, extra_opts: Sequence[str] = ()) -> Path:
                     f"The study now asks for attack results that {run_dir / RECORD_NAME} lacks "
                     f"({', '.join(run.key for run in missing[:4])}), and the trained weights to compute them, "
                     f"{last}, are gone. Restore last.pth, or delete {run_dir} to retrain the cell.")
-            logger.info(f"  trained; computing the {len(missing)} attack setting(s) its record lacks: "
-                        f"{', '.join(run.key for run in missing)}")
+            logger.info(f"  trained; computing the {len(missing)} attack setting(s) its record lacks (or holds from "
+                        f"other steps or an earlier attack version): {', '.join(run.key for run in missing)}")
             model, _ = load_model_for_inference(last, cfg, _device(cfg))
         source = record["source"]
         # One call covers every missing entry (it evaluates their product; each entry has its own seeded
         # generator, so the entries kept are the ones a full run would give).
-        attacked = run_attacks(cfg, model, [source], *_covering(missing), spec.steps, run_dir)[source]["attacks"]
+        attacked = run_attacks(cfg, model, [source], *_covering(missing), spec.steps, run_dir,
+                               vis=STUDY_TRIPTYCHS)[source]["attacks"]
         for run in missing:
-            record["attacks"][run.key] = {**{m: attacked[run.key][m] for m in METRICS}, "steps": requested[run]}
+            record["attacks"][run.key] = {**{m: attacked[run.key][m] for m in METRICS}, "steps": requested[run],
+                                          "protocol": ATTACK_PROTOCOL}
         _write_record(run_dir / RECORD_NAME, record)
     return summarize_study(spec, extra_opts)
 
@@ -425,9 +461,10 @@ def collect_records(spec: StudySpec, extra_opts: Sequence[str] = ()) -> list[dic
     requested = requested_runs(spec)
     wanted = {run.key: steps for run, steps in requested.items()}
     records, incomplete = [], 0
-    for cell in _plan_cells(spec, extra_opts, requested, only_finished=True):
+    for cell in _plan_cells(spec, extra_opts, only_finished=True):
         incomplete += bool(missing_runs(cell.record, requested))
-        attacks = {key: row for key, row in cell.record["attacks"].items() if wanted.get(key) == row.get("steps")}
+        attacks = {key: row for key, row in cell.record["attacks"].items()
+                   if key in wanted and _is_current(row, wanted[key])}
         records.append({**cell.record, "attacks": attacks})
     if incomplete:
         logger.warning(f"{incomplete} finished cell(s) lack attack results the study asks for; run the study "

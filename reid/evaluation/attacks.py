@@ -15,7 +15,13 @@ Each step moves the images by ``alpha * sign(direction)`` and projects them back
 around the clean images and into the valid range [0, 1]. MI-FGSM's direction accumulates the
 gradients, each divided by its per-image L1 norm. Gradients are taken w.r.t. the input only
 (``torch.autograd.grad``): the model's parameters get no ``.grad`` and it runs in eval mode
-(LFM off, BatchNorm statistics frozen).
+(LFM off, BatchNorm statistics frozen). The forward passes run in float32 on every device
+(:func:`embed`, ``amp=False``): under bf16 autocast the attack would follow rounding noise, and
+features of the same image would differ between the clean and the attacked evaluation.
+
+The iterates are real-valued; an image file stores 8 bits per channel. :func:`quantize_to_8bit` snaps an
+adversarial batch onto the 1/255 grid inside the eps ball, so that what is evaluated is exactly what a
+saved PNG holds (the attack entry point does this before embedding and saving).
 
 What is maximised is an :class:`Objective`, a per-image loss of the adversarial features:
 
@@ -28,17 +34,22 @@ Feature disruption is at its minimum at the clean image, where its gradient is z
 not move). Attacks without a random start therefore take their *first* gradient at a point drawn
 uniformly in the eps ball around the clean image (from ``generator``) and apply the step to the clean
 image itself: FGSM stays one full eps step from the clean image. PGD already starts at such a point.
+``generator`` may be one generator per image (see :func:`image_generators`): each image's random draws
+then depend only on its own generator, not on which other images share its batch.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+import math
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
+from torchvision.transforms.v2.functional import to_dtype
 
 from reid.utils.errors import ConfigError
 
@@ -47,6 +58,10 @@ OBJECTIVES = ("feature", "metric")
 METRICS = ("cosine", "euclidean")
 PGD_ALPHA_FACTOR = 2.5  # MadryLab robustness library default: alpha = 2.5 * eps / steps, iterates can cross the ball
 MOMENTUM = 1.0  # Dong et al.'s decay factor mu
+LEVELS = 255  # an 8-bit image channel holds the values k / 255, k = 0..255
+
+# Where an attack draws its random numbers: one generator for the whole batch, or one per image.
+Generators = torch.Generator | Sequence[torch.Generator] | None
 
 
 @dataclass(frozen=True)
@@ -146,10 +161,15 @@ def metric_attack(gallery_features: torch.Tensor, match_mask: torch.Tensor, clea
     return Objective(loss, ~has_match)
 
 
-def embed(model: nn.Module, images: torch.Tensor, flip: bool = False) -> torch.Tensor:
-    """Inference features as :func:`reid.evaluation.evaluator.extract_features` computes them (bf16
-    autocast on CUDA, optional flip averaging), but differentiable w.r.t. ``images``."""
-    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=images.device.type == "cuda"):
+def embed(model: nn.Module, images: torch.Tensor, flip: bool = False, amp: bool = False) -> torch.Tensor:
+    """Inference features as :func:`reid.evaluation.evaluator.extract_features` computes them (optional flip
+    averaging), but differentiable w.r.t. ``images``; float32 features either way.
+
+    ``amp`` runs the model under bf16 autocast on CUDA (ignored elsewhere). Attacks keep the default
+    (False): clean features, adversarial features and the attack gradients are then all float32, so an
+    attack with eps 0 reproduces the clean evaluation exactly and attacked numbers carry no bf16 noise.
+    """
+    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp and images.device.type == "cuda"):
         features = model(images).float()
         if flip:
             features = (features + model(images.flip(3)).float()) / 2
@@ -167,10 +187,25 @@ def _eval_mode(model: nn.Module) -> Iterator[None]:
         model.train(was_training)
 
 
-def _uniform_in_ball(like: torch.Tensor, eps: float, generator: torch.Generator | None) -> torch.Tensor:
+def image_generators(seed: int, indices: Sequence[int] | torch.Tensor) -> list[torch.Generator]:
+    """One CPU generator per image, seeded from ``(seed, index)``: an image's random draws then depend on
+    the seed and its position in the dataset only, not on the batch size or on the other images."""
+    # SeedSequence mixes the pair into well-separated streams ((0, 1) and (1, 0) do not collide);
+    # the modulo lets a negative seed through, as torch.manual_seed would take it.
+    return [torch.Generator().manual_seed(int(np.random.SeedSequence([seed % 2**64, int(i)]).generate_state(
+        1, np.uint64)[0])) for i in indices]
+
+
+def _uniform_in_ball(like: torch.Tensor, eps: float, generator: Generators) -> torch.Tensor:
     # Drawn on the generator's device (CPU by default) so a seed gives the same start on any device.
-    device = generator.device if generator is not None else like.device
-    noise = torch.rand(like.shape, generator=generator, device=device, dtype=like.dtype)
+    if generator is None or isinstance(generator, torch.Generator):
+        device = generator.device if generator is not None else like.device
+        noise = torch.rand(like.shape, generator=generator, device=device, dtype=like.dtype)
+    else:
+        if len(generator) != len(like):
+            raise ValueError(f"{len(generator)} generators for a batch of {len(like)} images; give one per image.")
+        noise = torch.stack([torch.rand(like.shape[1:], generator=g, device=g.device, dtype=like.dtype)
+                             for g in generator])
     return ((2 * noise - 1) * eps).to(like.device)
 
 
@@ -181,12 +216,14 @@ def _input_gradient(model: nn.Module, images: torch.Tensor, objective: Objective
 
 
 def attack_images(model: nn.Module, images: torch.Tensor, attack: str, eps: float, steps: int,
-                  objective: Objective, generator: torch.Generator | None = None, flip: bool = False) -> torch.Tensor:
+                  objective: Objective, generator: Generators = None, flip: bool = False) -> torch.Tensor:
     """Adversarial versions of ``images`` (N, 3, H, W) in [0, 1]: ``|adv - images| <= eps`` everywhere.
 
     ``eps`` is in [0, 1] units (divide a budget in 1/255 units by 255); ``steps`` is ignored by FGSM.
-    Random draws (PGD's start, the first gradient point of flat objectives) come from ``generator``,
-    so a seeded generator gives the same adversarial images.
+    Random draws (PGD's start, the first gradient point of flat objectives) come from ``generator`` (one
+    for the batch, or one per image), so seeded generators give the same adversarial images. The model
+    runs in float32 (:func:`embed`). The result is real-valued: :func:`quantize_to_8bit` turns it into
+    what an 8-bit image file can hold.
     """
     settings = attack_settings(attack, eps, steps)
     clean = images.detach()
@@ -209,3 +246,31 @@ def attack_images(model: nn.Module, images: torch.Tensor, attack: str, eps: floa
                 grad = velocity
             adv = torch.max(torch.min(adv + settings.alpha * grad.sign(), upper), lower)
     return adv.detach()
+
+
+def quantize_to_8bit(adversarial: torch.Tensor, clean: torch.Tensor, eps: float) -> torch.Tensor:
+    """``adversarial`` rounded to the 8-bit grid (k / 255), then clipped back into the eps ball around
+    ``clean`` and into [0, 1]: exactly the values a PNG of it stores and reads back.
+
+    ``clean`` must lie on the grid (images read from 8-bit files do). An 8-bit image moves by whole levels,
+    so the ball holds ``floor(eps * 255)`` levels on each side: eps 8/255 allows 8 levels; a budget between
+    levels is rounded down so that ``|result - clean| <= eps`` still holds (in whole levels: the float values
+    k / 255 may differ by an ulp). Changed values are built as the test transform builds them from uint8
+    (torchvision ``to_dtype``), so an image read back from the saved file is bit-identical to the returned
+    one; unchanged values are ``clean``'s own (eps 0 returns ``clean``).
+    """
+    clean = clean.detach()
+    clean_levels = (clean.float() * LEVELS).round()
+    # 1e-3 of a level: float images made from uint8 by x / 255 or x * (1 / 255) differ by an ulp, not more
+    if (clean.float() * LEVELS - clean_levels).abs().max() > 1e-3:
+        raise ValueError("quantize_to_8bit needs clean images on the 8-bit grid (uint8 values / 255), as images "
+                         "read from files are.")
+    budget = math.floor(eps * LEVELS + 1e-6)  # eps = k / 255 computed in float lands a hair below k
+    levels = (adversarial.detach().float() * LEVELS).round()
+    levels = torch.min(torch.max(levels, clean_levels - budget), clean_levels + budget).clamp(0, LEVELS)
+    return torch.where(levels == clean_levels, clean, _from_levels(levels).to(clean.dtype))
+
+
+def _from_levels(levels: torch.Tensor) -> torch.Tensor:
+    """Float images in [0, 1] from integer levels 0..255, computed as the test transform does from uint8."""
+    return to_dtype(levels.to(torch.uint8), torch.float32, scale=True)

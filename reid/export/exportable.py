@@ -54,13 +54,6 @@ class ExportableReID(nn.Module):
         return features
 
 
-def input_spec(cfg: CfgNode, half: bool = False) -> dict:
-    """What an exported model expects, stored in release files and printed by tools/export.py."""
-    height, width = cfg.INPUT.SIZE_TEST
-    return {"size": [int(height), int(width)], "range": [0.0, 1.0], "channels": "RGB", "layout": "NCHW",
-            "dtype": "float16" if half else "float32"}
-
-
 def resolve_config(weights: str | Path, config: str | Path | CfgNode | None = None,
                    opts: Sequence[str] = ()) -> CfgNode | None:
     """The config to rebuild ``weights`` with: ``config`` (a file, a name in configs/ or a CfgNode) or, when
@@ -85,7 +78,8 @@ def load_exportable(weights: str | Path, config: str | Path | CfgNode | None = N
                     device: str | torch.device = "cpu") -> tuple[ExportableReID, CfgNode]:
     """The deployed feature module of a training checkpoint or release file, and its config.
 
-    Raises a CheckpointError when the file is not a model checkpoint or does not match the config.
+    Raises a CheckpointError when the file is not a model checkpoint (of a format or release version this
+    code reads) or does not match the config.
     """
     cfg = resolve_config(weights, config, opts)
     model, cfg = load_model_for_inference(weights, cfg, device)

@@ -22,10 +22,10 @@ import torch
 from yacs.config import CfgNode
 
 from reid.export import onnx_export, torchscript
-from reid.export.exportable import ExportableReID, input_spec, load_exportable
+from reid.export.exportable import ExportableReID, load_exportable
 from reid.export.image_files import find_images
 from reid.export.preprocess import Preprocessor
-from reid.export.release import save_release
+from reid.export.release import input_spec, save_release
 from reid.export.verify import (
     FP16_TOLERANCE,
     FP32_TOLERANCE,
@@ -47,7 +47,7 @@ class ExportVerificationError(ReIDError):
 class ExportResult:
     path: Path
     format: str
-    input: dict  # see reid.export.exportable.input_spec
+    input: dict  # see reid.export.release.input_spec
     feat_dim: int
     batch: int | None  # None: dynamic
     report: VerificationReport

@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -21,9 +22,18 @@ from yacs.config import CfgNode
 
 from reid.export.exportable import load_exportable
 from reid.export.preprocess import Preprocessor, split_inputs
-from reid.utils.errors import ReIDError
+from reid.utils.errors import DatasetError, ReIDError
 
 DECODE_THREADS = min(8, os.cpu_count() or 1)  # OpenCV decodes without holding the GIL
+
+
+@dataclass
+class PathFeatures:
+    """Features of the readable files among some paths, and why the others could not be read."""
+
+    features: torch.Tensor  # (len(paths), D), row i for paths[i]
+    paths: list[Path]  # the files that were read, in the order given
+    unreadable: list[tuple[Path, str]] = field(default_factory=list)  # (file, the reader's message)
 
 
 class FeatureExtractor:
@@ -41,7 +51,8 @@ class FeatureExtractor:
     Calling the extractor with image paths, OpenCV/numpy images (uint8 **BGR** like ``cv2.imread``, or
     grayscale; any size), tensors (**RGB** float in [0, 1] or uint8, (3, H, W) or (N, 3, H, W); any size)
     or a list mixing them returns an (N, D) float32 tensor **on the CPU**, always (``.numpy()`` is free).
-    Bad inputs raise a ReIDError naming the file or describing the array.
+    Bad inputs raise a ReIDError naming the file or describing the array. :meth:`extract_paths` instead
+    skips image files that cannot be read and lists them, for long extractions.
     """
 
     def __init__(self, weights: str | Path, config: str | Path | CfgNode | None = None,
@@ -58,17 +69,43 @@ class FeatureExtractor:
     def feat_dim(self) -> int:
         return self.model.feat_dim
 
-    @torch.inference_mode()
     def __call__(self, inputs: Any) -> torch.Tensor:
-        items = split_inputs(inputs)
+        return self._extract(split_inputs(inputs), skip_unreadable=False).features
+
+    def extract_paths(self, paths: Sequence[str | os.PathLike], skip_unreadable: bool = True) -> PathFeatures:
+        """Features of image files; with ``skip_unreadable`` a file that cannot be read or decoded (missing,
+        corrupt, not an image) is left out and listed with the reason instead of stopping the batch, which
+        is what a long extraction over many crops needs. Without it, the first such file raises."""
+        return self._extract([Path(p) for p in paths], skip_unreadable)
+
+    @torch.inference_mode()
+    def _extract(self, items: list[Any], skip_unreadable: bool) -> PathFeatures:
         features = [torch.empty(0, self.feat_dim)]
+        kept, unreadable = [], []
+        decode = self._decode_or_reason if skip_unreadable else self.preprocess.decode
         with ThreadPoolExecutor(DECODE_THREADS) as pool:
             for start in range(0, len(items), self.batch_size):
-                decoded = pool.map(self.preprocess.decode, items[start:start + self.batch_size])
-                batch = torch.stack([self.preprocess.to_model_input(image).to(self.device) for image in decoded])
+                chunk = items[start:start + self.batch_size]
+                images = []
+                for item, decoded in zip(chunk, pool.map(decode, chunk)):
+                    if isinstance(decoded, str):  # the reason it could not be read
+                        unreadable.append((item, decoded))
+                    else:
+                        kept.append(item)
+                        images.append(decoded)
+                if not images:
+                    continue
+                batch = torch.stack([self.preprocess.to_model_input(image).to(self.device) for image in images])
                 with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.use_amp):
                     features.append(self.model(batch).float().cpu())
-        return torch.cat(features)
+        return PathFeatures(torch.cat(features), kept, unreadable)
+
+    def _decode_or_reason(self, item: Any) -> Any:
+        """The decoded image, or the message of the DatasetError that a missing or undecodable file raises."""
+        try:
+            return self.preprocess.decode(item)
+        except DatasetError as exc:
+            return str(exc)
 
 
 def _resolve_device(device: str | torch.device | None) -> torch.device:

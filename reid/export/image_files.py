@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from reid.data.datasets.base import IMAGE_SUFFIXES, describe_folder
@@ -19,26 +20,50 @@ NAME_CONVENTIONS = (
 )
 
 
-def find_images(folder: str | os.PathLike) -> list[Path]:
-    """Every .jpg/.jpeg/.png/.bmp file under ``folder`` (recursively, case-insensitive), sorted.
+@dataclass
+class ImageScan:
+    """What a folder tree holds: its image files (sorted) and the other files, which are not read."""
 
-    Hidden files and folders are skipped. A missing folder, or one without images, is a DatasetError
+    images: list[Path] = field(default_factory=list)
+    others: list[Path] = field(default_factory=list)  # files whose suffix is not an image's, sorted
+
+
+def scan_images(folder: str | os.PathLike) -> ImageScan:
+    """Every .jpg/.jpeg/.png/.bmp file under ``folder`` (recursively, case-insensitive), and the other files.
+
+    Hidden files and folders are ignored. A missing folder, or one without images, is a DatasetError
     that says what the folder holds.
     """
     folder = Path(folder)
     if not folder.is_dir():
         raise DatasetError(f"Image folder {folder} does not exist or is not a folder ({describe_folder(folder)}).")
-    found = []
+    scan = ImageScan()
     for dirpath, dirnames, filenames in os.walk(folder):
         dirnames[:] = [d for d in dirnames if not d.startswith(".")]
-        found += [Path(dirpath) / name for name in filenames
-                  if name.lower().endswith(IMAGE_SUFFIXES) and not name.startswith(".")]
-    if not found:
+        for name in filenames:
+            if not name.startswith("."):
+                (scan.images if name.lower().endswith(IMAGE_SUFFIXES) else scan.others).append(Path(dirpath) / name)
+    if not scan.images:
         raise DatasetError(
             f"Image folder {folder} holds no images ({', '.join(IMAGE_SUFFIXES)}, searched recursively): "
             f"{describe_folder(folder)}."
         )
-    return sorted(found)
+    scan.images.sort()
+    scan.others.sort()
+    return scan
+
+
+def find_images(folder: str | os.PathLike) -> list[Path]:
+    """The image files of :func:`scan_images`: every .jpg/.jpeg/.png/.bmp file under ``folder``, sorted."""
+    return scan_images(folder).images
+
+
+def describe_others(others: list[Path], shown: int = 3) -> str:
+    """'N file(s) are not images (.jpg, ...) and were not read, e.g. a.txt, b.csv', or '' when there are none."""
+    if not others:
+        return ""
+    examples = ", ".join(map(str, others[:shown])) + (", ..." if len(others) > shown else "")
+    return f"{len(others)} file(s) are not images ({', '.join(IMAGE_SUFFIXES)}) and were not read, e.g. {examples}"
 
 
 def parse_identity(name: str | os.PathLike) -> tuple[int, int]:

@@ -10,8 +10,14 @@ reads it because it has the same ``model`` + ``config`` keys as a training check
 - ``model``: the state dict without the classifier (and no optimizer, scheduler or RNG state)
 - ``config``: the full config as a plain dict (MODEL.* rebuilds the network, INPUT.SIZE_TEST and TEST.*
   define the feature)
-- ``feat_dim``: D, ``input``: see :func:`~reid.export.exportable.input_spec`
+- ``feat_dim``: D, ``input``: see :func:`input_spec`
 - ``output``: ``{"feat_norm": bool, "flip": bool}``
+
+``format`` and ``version`` are checked on loading (:func:`reid.utils.checkpoint.check_format`): a file of another
+program, or a release of a newer version than this code reads, is refused with a message saying so,
+instead of failing later on a missing key. ``feat_dim``, ``input`` and ``output`` describe the file for
+deployment tools without rebuilding the model; the loader rebuilds everything from ``config``, the single
+source of truth (a ``--config`` or ``KEY VALUE`` override on loading may change TEST.* on purpose).
 
 With ``half=True`` floating-point tensors are stored as float16 (half the size); they are cast back to
 float32 on loading, so inference still runs in float32.
@@ -24,12 +30,17 @@ from pathlib import Path
 from yacs.config import CfgNode
 
 from reid.config import config_to_dict
-from reid.export.exportable import input_spec
 from reid.modeling import ReIDModel
-from reid.utils.checkpoint import atomic_save
+from reid.utils.checkpoint import RELEASE_FORMAT, RELEASE_VERSION, atomic_save
 
-RELEASE_FORMAT = "lfm-reid/release"
-RELEASE_VERSION = 1
+__all__ = ["RELEASE_FORMAT", "RELEASE_VERSION", "input_spec", "release_dict", "save_release"]
+
+
+def input_spec(cfg: CfgNode, half: bool = False) -> dict:
+    """What an exported model expects, stored in release files and printed by tools/export.py."""
+    height, width = cfg.INPUT.SIZE_TEST
+    return {"size": [int(height), int(width)], "range": [0.0, 1.0], "channels": "RGB", "layout": "NCHW",
+            "dtype": "float16" if half else "float32"}
 
 
 def release_dict(model: ReIDModel, cfg: CfgNode, half: bool = False) -> dict:

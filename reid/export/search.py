@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import os
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
 from reid.evaluation.rank import compute_distance_matrix
 from reid.export.extractor import FeatureExtractor
-from reid.export.image_files import find_images
-from reid.utils.errors import ReIDError
+from reid.export.image_files import scan_images
+from reid.utils.errors import DatasetError, ReIDError
 
 QUERY_BLOCK = 256  # queries per distance block: bounds memory at QUERY_BLOCK x gallery floats
+METRICS = ("cosine", "euclidean")
 
 
 @dataclass
@@ -22,6 +24,48 @@ class SearchResult:
     query: Path
     matches: list[Path]
     distances: list[float]
+
+
+@dataclass
+class SearchImages:
+    """The image files of a search, listed (and checked) before any feature is extracted."""
+
+    queries: list[Path]
+    gallery: list[Path]
+    others: list[Path] = field(default_factory=list)  # files in the folders not named like images, not read
+
+
+@dataclass
+class SearchOutcome:
+    """Ranked lists of the readable queries, and the image files that could not be read (skipped)."""
+
+    results: list[SearchResult]
+    unreadable: list[tuple[Path, str]] = field(default_factory=list)  # (file, the reader's message)
+
+
+def check_search_settings(k: int, metric: str | None) -> None:
+    """A ReIDError for a top-k below 1 or an unknown metric (None: the config's), before any work is done."""
+    if k < 1:
+        raise ReIDError(f"topk must be at least 1, got {k}.")
+    if metric is not None and metric not in METRICS:
+        raise ReIDError(f"Unknown metric {metric!r}; use one of {', '.join(METRICS)}.")
+
+
+def search_images(query: str | os.PathLike, gallery: str | os.PathLike) -> SearchImages:
+    """The query image (or the images of a query folder) and the gallery folder's images.
+
+    A missing query, or a gallery folder without images, is a DatasetError naming it.
+    """
+    query, others = Path(query), []
+    if query.is_dir():
+        scan = scan_images(query)
+        queries, others = scan.images, scan.others
+    elif query.is_file():
+        queries = [query]
+    else:
+        raise DatasetError(f"Query {query} does not exist: give an image file or a folder of images.")
+    scan = scan_images(gallery)
+    return SearchImages(queries, scan.images, others + scan.others)
 
 
 def top_k(query_features: torch.Tensor, gallery_features: torch.Tensor, k: int, metric: str = "cosine",
@@ -44,16 +88,33 @@ def top_k(query_features: torch.Tensor, gallery_features: torch.Tensor, k: int, 
     return torch.cat(distances), torch.cat(indices)
 
 
+def rank_images(extractor: FeatureExtractor, images: SearchImages, k: int = 10, metric: str | None = None,
+                strict: bool = True) -> SearchOutcome:
+    """Rank ``images.gallery`` for each of ``images.queries``; ``metric`` defaults to the config's TEST.METRIC.
+
+    An image that cannot be read raises a DatasetError naming it when ``strict``; otherwise it is left out
+    (a query gets no ranked list, a gallery image is never ranked) and listed in ``unreadable``.
+    """
+    check_search_settings(k, metric)
+    metric = metric or extractor.cfg.TEST.METRIC
+    queries = extractor.extract_paths(images.queries, skip_unreadable=not strict)
+    gallery = extractor.extract_paths(images.gallery, skip_unreadable=not strict)
+    unreadable = queries.unreadable + gallery.unreadable
+    if not gallery.paths:
+        raise DatasetError(f"None of the {len(images.gallery)} gallery images could be read; the first: "
+                           f"{gallery.unreadable[0][1]}")
+    distances, indices = top_k(queries.features, gallery.features, k, metric, normalize=extractor.cfg.TEST.FEAT_NORM)
+    results = [SearchResult(q, [gallery.paths[i] for i in row.tolist()], dist.tolist())
+               for q, row, dist in zip(queries.paths, indices, distances)]
+    return SearchOutcome(results, unreadable)
+
+
 def search_folder(extractor: FeatureExtractor, query: str | Path, gallery: str | Path, k: int = 10,
                   metric: str | None = None) -> list[SearchResult]:
     """Rank every image under ``gallery`` for ``query`` (an image or a folder of images).
 
-    ``metric`` defaults to the config's TEST.METRIC.
+    ``metric`` defaults to the config's TEST.METRIC. Arguments and files are checked before any feature is
+    extracted; an unreadable image raises a DatasetError naming it (:func:`rank_images` can skip them).
     """
-    query_paths = find_images(query) if Path(query).is_dir() else [Path(query)]
-    gallery_paths = find_images(gallery)
-    metric = metric or extractor.cfg.TEST.METRIC
-    distances, indices = top_k(extractor(query_paths), extractor(gallery_paths), k, metric,
-                               normalize=extractor.cfg.TEST.FEAT_NORM)
-    return [SearchResult(q, [gallery_paths[i] for i in row.tolist()], dist.tolist())
-            for q, row, dist in zip(query_paths, indices, distances)]
+    check_search_settings(k, metric)
+    return rank_images(extractor, search_images(query, gallery), k, metric).results

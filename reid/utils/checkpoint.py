@@ -20,7 +20,9 @@ import torch
 
 from reid.utils.errors import CheckpointError
 
-CHECKPOINT_FORMAT = "lfm-reid/checkpoint"
+CHECKPOINT_FORMAT = "lfm-reid/checkpoint"  # written by tools/train.py
+RELEASE_FORMAT = "lfm-reid/release"  # written by tools/export.py --format release (reid.export.release)
+RELEASE_VERSION = 1  # raise when the release layout changes in a way older readers cannot follow
 
 
 def atomic_save(obj: Any, path: str | Path) -> Path:
@@ -58,20 +60,50 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         raise CheckpointError(f"Checkpoint {path} is empty (0 bytes): an interrupted copy or write? Use another file.")
     export_kind = _export_kind(path)
     if export_kind:
+        article = "an" if export_kind == "ONNX" else "a"
         raise CheckpointError(
-            f"{path} is a {export_kind} export (tools/export.py), made for deployment; it cannot be loaded back "
-            "for training or evaluation. Pass the training checkpoint (OUTPUT_DIR/best.pth or last.pth) or a "
+            f"{path} is {article} {export_kind} export (tools/export.py), made for deployment; it cannot be loaded "
+            "back for training or evaluation. Pass the training checkpoint (OUTPUT_DIR/best.pth or last.pth) or a "
             "release file (tools/export.py --format release).")
     try:
         data = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:
         raise CheckpointError(f"Cannot read checkpoint {path}: {_load_failure(exc)}") from exc
+    if isinstance(data, dict):
+        check_format(data, path)
     if not isinstance(data, dict) or "model" not in data or not isinstance(data["model"], dict):
         raise CheckpointError(
             f"{path} is not a model checkpoint of this toolkit: expected a mapping with a 'model' state dict "
             "(written by tools/train.py or tools/export.py --format release)."
         )
     return data
+
+
+def check_format(data: dict, path: str | Path) -> None:
+    """Refuse a file whose ``format`` is neither a training checkpoint's nor a release file's, or a release
+    file of a newer ``version`` than this code reads, instead of failing later on a missing key.
+
+    Files without a ``format`` field (a plain ``{"model", "config"}`` dict) pass: their contents are checked
+    by whoever uses them.
+    """
+    if "format" not in data:
+        return
+    fmt, version = data["format"], data.get("version")
+    if fmt == CHECKPOINT_FORMAT:
+        return
+    if fmt != RELEASE_FORMAT:
+        raise CheckpointError(
+            f"{path} is a {fmt!r} file, not a model of this toolkit: expected a training checkpoint "
+            f"({CHECKPOINT_FORMAT!r}, written by tools/train.py) or a release file ({RELEASE_FORMAT!r}, written by "
+            "tools/export.py --format release).")
+    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+        raise CheckpointError(f"{path} is a release file with an invalid version {version!r} (expected an integer "
+                              "from 1): it was altered or damaged. Export it again with tools/export.py.")
+    if version > RELEASE_VERSION:
+        raise CheckpointError(
+            f"{path} is a release file of version {version}, written by a newer lfm-reid; this installation reads "
+            f"release files up to version {RELEASE_VERSION}. Update lfm-reid, or export the model again with "
+            "this version's tools/export.py.")
 
 
 def _export_kind(path: Path) -> str | None:
