@@ -1,12 +1,21 @@
-"""Evaluation of extracted features: re-ranking agrees with the plain metric, the results table."""
+"""Feature extraction (flip), evaluation of extracted features (plain and re-ranked), the results table."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
 from reid.config import load_config
-from reid.evaluation.evaluator import ExtractedFeatures, evaluate_extracted, format_results_table, result_row
+from reid.evaluation.evaluator import (
+    ExtractedFeatures,
+    evaluate_extracted,
+    extract_features,
+    format_results_table,
+    result_row,
+)
+from reid.evaluation.rank import evaluate_rank
+from reid.evaluation.rerank import re_ranking
 
 
 @pytest.fixture
@@ -37,3 +46,47 @@ def test_table_shows_only_the_ranks_the_cmc_covers(extracted):
     header = table.splitlines()[0]
     assert "R5" in header and "R10" not in header and "mINP" in header
     assert len(table.splitlines()[2].split("|")) == len(header.split("|"))
+
+
+class _Batches(list):
+    """The loader interface extract_features uses: iteration over batch dicts and ``dataset`` for its length."""
+
+    @property
+    def dataset(self) -> list:
+        return [path for batch in self for path in batch["paths"]]
+
+
+class _LeftColumns(torch.nn.Module):
+    """A model whose feature depends on the image's orientation: the mean of its two leftmost columns."""
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return images[..., :2].mean(dim=(2, 3))
+
+
+def test_flip_averages_the_features_of_the_image_and_its_mirror():
+    gen = torch.Generator().manual_seed(1)
+    images = torch.rand(5, 3, 8, 4, generator=gen)
+    loader = _Batches([{"images": images[:3], "pids": torch.arange(3), "camids": torch.zeros(3, dtype=torch.long),
+                        "paths": ["a", "b", "c"]},
+                       {"images": images[3:], "pids": torch.arange(3, 5), "camids": torch.ones(2, dtype=torch.long),
+                        "paths": ["d", "e"]}])
+    model = _LeftColumns()
+    plain, pids, camids, paths = extract_features(model, loader, "cpu", flip=False)
+    flipped, *_ = extract_features(model, loader, "cpu", flip=True)
+    right = images[..., -2:].mean(dim=(2, 3))  # the mirror's two leftmost columns
+    torch.testing.assert_close(plain, images[..., :2].mean(dim=(2, 3)))
+    torch.testing.assert_close(flipped, (plain + right) / 2)
+    assert not torch.allclose(flipped, plain)
+    assert pids.tolist() == [0, 1, 2, 3, 4] and camids.tolist() == [0, 0, 0, 1, 1] and paths == list("abcde")
+
+
+def test_reranked_results_come_from_the_bounded_path_and_match_the_dense_one(extracted):
+    cfg = load_config(None, ["TEST.RERANK", "True", "TEST.RERANK_K1", "4", "TEST.RERANK_K2", "2", "TEST.MAX_RANK", "5"])
+    result = evaluate_extracted(cfg, extracted)["rerank"]
+    assert result.peak_memory_bytes is not None  # evaluate_reranked reports it; evaluate_rank does not
+    qf, gf, q_pids, g_pids, q_camids, g_camids = extracted.split()
+    unit = torch.nn.functional.normalize
+    dense = evaluate_rank(re_ranking(unit(qf, dim=1), unit(gf, dim=1), k1=4, k2=2), q_pids, g_pids, q_camids,
+                          g_camids, max_rank=5)
+    np.testing.assert_array_equal(result.AP, dense.AP)
+    np.testing.assert_array_equal(result.cmc, dense.cmc)

@@ -250,3 +250,152 @@ def test_public_api_is_importable_from_the_package():
     assert evaluation.evaluate_rank is evaluate_rank
     assert evaluation.RankResult is RankResult
     assert callable(evaluation.re_ranking)
+
+
+# --------------------------------------------------------------------------------------------------
+# Block-shape independence, block caps, input checks
+
+
+@pytest.mark.parametrize("dim", [11, 64, 300])
+@pytest.mark.parametrize("metric", ["cosine", "euclidean"])
+def test_identical_non_integer_gallery_rows_tie_whatever_the_budget(dim, metric):
+    # The audit's reproducer: 101 copies of one random (non-integer) feature. Every query sees the same
+    # distance to all of them, so the ranking is the gallery order; a 1-row product (GEMV) used to give
+    # the tail copies other float32 values, and mAP then depended on memory_budget_bytes.
+    rng = np.random.default_rng(dim)
+    qf = rng.standard_normal((8, dim)).astype(np.float32)
+    gf = np.repeat(rng.standard_normal((1, dim)).astype(np.float32), 101, axis=0)
+    q_pids, g_pids = np.tile([1, 2], 4), np.tile([1, 2], 51)[:101]
+    q_cams, g_cams = np.zeros(8, np.int64), np.ones(101, np.int64)
+    distmat = compute_distance_matrix(qf, gf, metric)
+    assert bool((distmat == distmat[:, :1]).all()), "identical gallery features must get identical distances"
+    gallery_order = evaluate_rank_reference(np.zeros((8, 101), np.float32), q_pids, g_pids, q_cams, g_cams)
+    assert gallery_order["mAP"] == pytest.approx((0.528899 + 0.5) / 2, abs=1e-6)
+    results = [evaluate_features(qf, gf, q_pids, g_pids, q_cams, g_cams, metric=metric, memory_budget_bytes=budget)
+               for budget in (1, 5_000, None)]
+    for result in results:
+        assert_matches_reference(result, gallery_order, 50)
+        np.testing.assert_array_equal(result.AP, results[-1].AP)
+
+
+def test_duplicated_gallery_rows_give_bit_identical_results_for_every_budget():
+    # Many exact duplicates among non-integer features, several queries per block or one block per
+    # 16 queries, float32 or float16 gallery: every budget gives the very same per-query numbers, equal
+    # to evaluate_rank on compute_distance_matrix (the same distances, computed whole).
+    rng = np.random.default_rng(10)
+    base = rng.standard_normal((7, 40)).astype(np.float32)
+    gf = base[rng.integers(0, 7, 230)]
+    qf = np.concatenate([rng.standard_normal((30, 40)).astype(np.float32), base[:5]])
+    ids = rng.integers(1, 4, 35), rng.integers(0, 4, 230), rng.integers(0, 3, 35), rng.integers(0, 3, 230)
+    for gallery in (gf, torch.from_numpy(gf).half()):
+        expected = evaluate_rank(compute_distance_matrix(qf, gallery, "euclidean"), *ids)
+        for budget in (1, 30_000, 400_000, None):
+            result = evaluate_features(qf, gallery, *ids, metric="euclidean", memory_budget_bytes=budget)
+            for field in ("AP", "INP", "cmc", "query_indices"):
+                np.testing.assert_array_equal(getattr(result, field), getattr(expected, field))
+
+
+def test_distance_rows_of_any_queries_equal_the_matrix():
+    rng = np.random.default_rng(11)
+    qf, gf = rng.standard_normal((37, 23)).astype(np.float32), rng.standard_normal((50, 23)).astype(np.float32)
+    for metric, normalize in (("cosine", False), ("euclidean", True)):
+        distances = rank.FeatureDistances(qf, gf, metric, normalize)
+        matrix = distances.matrix()
+        assert torch.equal(matrix, compute_distance_matrix(qf, gf, metric, normalize))
+        for picked in ([5], [36, 0, 17], np.arange(3, 30)):
+            assert torch.equal(distances.rows(picked), matrix[torch.as_tensor(picked)])
+
+
+def test_blocks_really_split_the_work_and_agree(monkeypatch):
+    rng = np.random.default_rng(12)
+    qf, gf, *ids = feature_problem(rng, num_q=70, num_g=2000, dim=8)
+    whole = evaluate_features(qf, gf, *ids, metric="euclidean")
+    blocks = []
+    original_block = rank.FeatureDistances.block
+
+    def counting_block(self, rows, out):
+        blocks.append(rows.stop - rows.start)
+        return original_block(self, rows, out)
+
+    monkeypatch.setattr(rank.FeatureDistances, "block", counting_block)
+    split = evaluate_features(qf, gf, *ids, metric="euclidean", memory_budget_bytes=300_000)
+    assert len(blocks) >= 3 and max(blocks) < 70 and sum(blocks) == 70
+    assert all(rows % 16 == 0 for rows in blocks[:-1])
+    assert split.peak_memory_bytes <= 300_000 < 4 * 70 * 2000  # within budget, below the full matrix alone
+    for field in ("AP", "INP", "cmc"):
+        np.testing.assert_array_equal(getattr(split, field), getattr(whole, field))
+
+
+def test_full_matrix_is_never_built_when_queries_exceed_the_block_cap(monkeypatch):
+    rng = np.random.default_rng(13)
+    num_q = rank._MAX_BLOCK_ROWS + 60
+    qf, gf = rng.standard_normal((num_q, 6)).astype(np.float32), rng.standard_normal((40, 6)).astype(np.float32)
+    q_pids, g_pids = rng.integers(1, 5, num_q), rng.integers(1, 5, 40)
+    buffers = []
+    original_block = rank.FeatureDistances.block
+
+    def recording_block(self, rows, out):
+        buffers.append(out.shape[0])
+        return original_block(self, rows, out)
+
+    monkeypatch.setattr(rank.FeatureDistances, "block", recording_block)
+    evaluate_features(qf, gf, q_pids, g_pids, np.zeros(num_q, np.int64), np.ones(40, np.int64))
+    # The default budget holds the whole matrix many times over, and still two blocks were used.
+    assert buffers == [rank._MAX_BLOCK_ROWS, rank._MAX_BLOCK_ROWS]
+
+
+def test_numpy_views_with_negative_strides_are_accepted():
+    rng = np.random.default_rng(14)
+    distmat, *ids = random_problem(rng, ties=False)
+    while not has_valid_query(*ids):
+        distmat, *ids = random_problem(rng, ties=False)
+    q_pids, g_pids, q_cams, g_cams = ids
+    flipped = evaluate_rank(distmat[:, ::-1], q_pids, g_pids[::-1], q_cams, g_cams[::-1], max_rank=5)
+    reference = evaluate_rank_reference(np.ascontiguousarray(distmat[:, ::-1]), q_pids, g_pids[::-1].copy(),
+                                        q_cams, g_cams[::-1].copy(), max_rank=5)
+    assert_matches_reference(flipped, reference, 5)
+    qf, gf, *feature_ids = feature_problem(rng)
+    q_pids, g_pids, q_cams, g_cams = feature_ids
+    reversed_rows = evaluate_features(qf[::-1], gf, q_pids[::-1], g_pids, q_cams[::-1], g_cams)
+    plain = evaluate_features(qf, gf, q_pids, g_pids, q_cams, g_cams)
+    np.testing.assert_array_equal(reversed_rows.AP, plain.AP[::-1])  # the same queries, reversed
+
+
+@pytest.mark.parametrize("bad, message", [
+    ({"distmat": np.array([["a", "b"]], dtype=object)}, "dtype object"),
+    ({"distmat": np.array([["0.1", "0.2"]])}, "dtype <U3"),
+    ({"q_pids": np.array([None], dtype=object)}, "q_pids must hold numbers"),
+    ({"distmat": np.array([[True, False]])}, "real numbers"),
+    ({"distmat": np.array([[0.1 + 1j, 0.2]], dtype=np.complex64)}, "real numbers"),
+    ({"g_pids": np.array([True, False])}, "integer ids"),
+    ({"max_rank": None}, "max_rank"),
+    ({"max_rank": True}, "max_rank"),
+    ({"max_rank": 2.5}, "max_rank"),
+    ({"memory_budget_bytes": 0}, "memory_budget_bytes"),
+])
+def test_invalid_inputs_say_why(bad, message):
+    args = {"distmat": np.array([[0.1, 0.2]], dtype=np.float32), "q_pids": [1], "g_pids": [1, 2],
+            "q_camids": [0], "g_camids": [1, 1], "max_rank": 5}
+    args.update(bad)
+    with pytest.raises(ReIDError, match=message):
+        evaluate_rank(**args)
+
+
+@CUDA
+@pytest.mark.cuda
+def test_cuda_duplicated_gallery_rows_do_not_depend_on_the_budget():
+    # cuBLAS may pick other kernels for other shapes; products are padded to multiples of 16 rows and the
+    # gallery chunks are fixed, and this checks that ties still come out the same on the GPU.
+    rng = np.random.default_rng(15)
+    base = rng.standard_normal((5, 300)).astype(np.float32)
+    gf = torch.from_numpy(base[rng.integers(0, 5, 700)]).cuda()
+    qf = torch.from_numpy(rng.standard_normal((90, 300)).astype(np.float32)).cuda()
+    ids = rng.integers(1, 4, 90), rng.integers(0, 4, 700), rng.integers(0, 3, 90), rng.integers(0, 3, 700)
+    distmat = compute_distance_matrix(qf, gf)
+    for row in range(5):  # identical gallery features, identical distances
+        same = torch.from_numpy(np.flatnonzero(np.all(base[row] == gf.cpu().numpy(), axis=1))).cuda()
+        assert bool((distmat[:, same] == distmat[:, same[:1]]).all())
+    expected = evaluate_rank(distmat, *ids)
+    for budget in (1, 200_000, None):
+        result = evaluate_features(qf, gf, *ids, memory_budget_bytes=budget)
+        np.testing.assert_array_equal(result.AP, expected.AP)

@@ -6,8 +6,10 @@ import numpy as np
 import pytest
 import torch
 
+from reid.evaluation import rerank
+from reid.evaluation.rank import evaluate_rank
 from reid.evaluation.reference import re_ranking_reference
-from reid.evaluation.rerank import re_ranking
+from reid.evaluation.rerank import evaluate_reranked, re_ranking
 from reid.utils.errors import ReIDError
 
 CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
@@ -67,6 +69,73 @@ def test_invalid_k_raises():
         re_ranking(qf, gf, k1=0)
 
 
+@pytest.mark.parametrize("bad, message", [({"k1": 2.5}, "k1"), ({"k2": True}, "k2"), ({"k2": None}, "k2"),
+                                          ({"lambda_value": 1.5}, "lambda"), ({"lambda_value": "0.3"}, "lambda")])
+def test_invalid_parameters_say_which(bad, message):
+    qf, gf = clustered_features(seed=5, num_q=2, num_g=3)
+    with pytest.raises(ReIDError, match=message):
+        re_ranking(qf, gf, **bad)
+
+
+def duplicated_features(seed: int, num_q: int = 33, num_g: int = 66, dim: int = 38):
+    """Non-integer features with many exact duplicates: equal distances at every neighbourhood boundary."""
+    rng = np.random.default_rng(seed)
+    base = rng.standard_normal((20, dim)).astype(np.float32)
+    feats = base[rng.integers(0, 20, num_q + num_g)]
+    return feats[:num_q], feats[num_q:]
+
+
+def test_exact_ties_give_identical_results_for_every_budget():
+    # The audit's case (33 x 66, 38-d, k1=17, k2=4): with exact float32 ties at the half_k1 boundary,
+    # topk's arbitrary choice among equal values made budget 1 differ from the default by up to 0.02.
+    # Neighbours are now ordered by (distance, index), like the reference's stable argsort.
+    for seed in (0, 3):
+        qf, gf = duplicated_features(seed)
+        whole = re_ranking(qf, gf, k1=17, k2=4)
+        for budget in (1, 60_000):
+            assert torch.equal(re_ranking(qf, gf, k1=17, k2=4, memory_budget_bytes=budget), whole)
+
+
+def test_k_smallest_breaks_ties_by_index():
+    dist = torch.tensor([[0.5, 0.2, 0.5, 0.1, 0.5, 0.5], [1.0, 1.0, 1.0, 1.0, 1.0, 1.0]])
+    values, index = rerank._k_smallest(dist, 3)  # four 0.5s compete for row 0's last place: index 0 wins
+    assert [sorted(row) for row in index.tolist()] == [[0, 1, 3], [0, 1, 2]]
+    assert torch.equal(values, dist.gather(1, index))
+
+
+def test_evaluate_reranked_equals_the_dense_path_for_every_budget():
+    qf, gf = duplicated_features(seed=1, num_q=40, num_g=90)
+    rng = np.random.default_rng(1)
+    ids = rng.integers(1, 6, 40), rng.integers(0, 6, 90), rng.integers(0, 3, 40), rng.integers(0, 3, 90)
+    expected = evaluate_rank(re_ranking(qf, gf, k1=9, k2=3), *ids, max_rank=20)
+    peaks = []
+    for budget in (1, 20_000, None):
+        result = evaluate_reranked(qf, gf, *ids, k1=9, k2=3, max_rank=20, memory_budget_bytes=budget)
+        for field in ("AP", "INP", "cmc", "query_indices"):
+            np.testing.assert_array_equal(getattr(result, field), getattr(expected, field))
+        peaks.append(result.peak_memory_bytes)
+    assert 0 < peaks[0] < peaks[-1]
+
+
+def test_evaluate_reranked_ranks_block_by_block(monkeypatch):
+    # More queries than one block holds: several blocks are re-ranked and ranked, none is the full matrix.
+    qf, gf = clustered_features(seed=7, num_q=50, num_g=120)
+    rng = np.random.default_rng(7)
+    ids = rng.integers(1, 4, 50), rng.integers(1, 4, 120), np.zeros(50, np.int64), np.ones(120, np.int64)
+    sizes = []
+    original = rerank._KReciprocal.block
+
+    def recording_block(self, start, end, out, chunk_budget):
+        sizes.append(end - start)
+        return original(self, start, end, out, chunk_budget)
+
+    monkeypatch.setattr(rerank._KReciprocal, "block", recording_block)
+    result = evaluate_reranked(qf, gf, *ids, memory_budget_bytes=200_000)
+    assert len(sizes) >= 2 and max(sizes) < 50 and sum(sizes) == 50
+    unbounded = evaluate_rank(re_ranking(qf, gf), *ids)
+    np.testing.assert_array_equal(result.AP, unbounded.AP)
+
+
 @CUDA
 @pytest.mark.cuda
 def test_cuda_matches_reference():
@@ -74,3 +143,19 @@ def test_cuda_matches_reference():
     actual = re_ranking(torch.from_numpy(qf).cuda(), torch.from_numpy(gf).cuda())
     assert actual.device.type == "cuda"
     np.testing.assert_allclose(actual.cpu().numpy(), re_ranking_reference(qf, gf), atol=1e-5, rtol=0)
+
+
+@CUDA
+@pytest.mark.cuda
+def test_cuda_ties_and_blocked_evaluation():
+    qf, gf = duplicated_features(seed=0)
+    qc, gc = torch.from_numpy(qf).cuda(), torch.from_numpy(gf).cuda()
+    whole = re_ranking(qc, gc, k1=17, k2=4)
+    assert torch.equal(re_ranking(qc, gc, k1=17, k2=4, memory_budget_bytes=1), whole)
+    np.testing.assert_allclose(whole.cpu().numpy(), re_ranking(qf, gf, k1=17, k2=4).numpy(), atol=1e-5, rtol=0)
+    rng = np.random.default_rng(0)
+    ids = rng.integers(1, 6, 33), rng.integers(0, 6, 66), rng.integers(0, 3, 33), rng.integers(0, 3, 66)
+    expected = evaluate_rank(whole, *ids)
+    result = evaluate_reranked(qc, gc, *ids, k1=17, k2=4, memory_budget_bytes=1)
+    np.testing.assert_array_equal(result.AP, expected.AP)
+    assert result.peak_memory_bytes > 0

@@ -19,12 +19,18 @@ from tests.conftest import tiny_train_opts
 REPO = Path(__file__).resolve().parents[1]
 
 
+# The synthetic training split has 16 identities; the checkpoint's classifier has another number, so
+# loading it for testing shows that the classifier is not needed.
+OTHER_NUM_IDS = 5
+
+
 @pytest.fixture
 def checkpoint(synthetic_root, tmp_path):
-    """A random-init model saved like a training checkpoint (with a classifier of 16 identities)."""
+    """A random-init model saved like a training checkpoint (classifier of OTHER_NUM_IDS identities)."""
     cfg = load_config("lfm_synthetic.yml", tiny_train_opts(synthetic_root, tmp_path / "train"))
     path = tmp_path / "model.pth"
-    atomic_save({"model": build_model(cfg, num_classes=16).state_dict(), "config": config_to_dict(cfg)}, path)
+    atomic_save({"model": build_model(cfg, num_classes=OTHER_NUM_IDS).state_dict(), "config": config_to_dict(cfg)},
+                path)
     return path
 
 
@@ -61,3 +67,33 @@ def test_checkpoint_of_another_architecture_is_refused(synthetic_root, tmp_path,
 
     with pytest.raises(CheckpointError, match="do not match the config"):
         run_test(cfg, checkpoint)
+
+
+@pytest.mark.slow  # a fresh interpreter importing torch, torchvision, OpenCV and matplotlib takes a few seconds
+def test_cli_evaluates_both_domains_and_writes_results(tmp_path, checkpoint):
+    # tools/test.py as a command: the config stored in the checkpoint (synthetic market and duke, the
+    # tiny data root) plus overrides; results.json holds both targets. Smaller images keep it fast; the
+    # in-process test above covers re-ranking and pictures.
+    out = tmp_path / "cli"
+    cmd = [sys.executable, str(REPO / "tools" / "test.py"), "--weights", str(checkpoint), "OUTPUT_DIR", str(out),
+           "INPUT.SIZE_TEST", "(32, 16)", "TEST.MAX_RANK", "10"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    saved = json.loads((out / "results.json").read_text())
+    assert saved["weights"] == str(checkpoint)
+    assert set(saved["results"]) == {"synthetic_market", "synthetic_duke"}
+    for row in saved["results"].values():
+        assert 0 <= row["mINP"] <= row["mAP"] <= 1 and 0 <= row["R1"] <= row["R5"] <= row["R10"] <= 1
+        assert len(row["cmc"]) == 10 and "rerank" not in row
+    assert (out / "cmc_synthetic_market.png").is_file() and (out / "cmc_synthetic_duke.png").is_file()
+
+
+def test_checkpoint_without_config_needs_config(tmp_path, checkpoint):
+    from reid.engine.testing import config_and_weights
+    from reid.utils.checkpoint import load_checkpoint
+    from reid.utils.errors import CheckpointError
+
+    bare = tmp_path / "bare.pth"
+    atomic_save({"model": load_checkpoint(checkpoint)["model"]}, bare)
+    with pytest.raises(CheckpointError, match="stores no config.*--config"):
+        config_and_weights(None, str(bare), [])

@@ -182,3 +182,51 @@ def test_plot_cmc_tool_errors(tmp_path):
                           text=True, cwd=tmp_path, check=False)
     assert proc.returncode == 2
     assert "results.json" in proc.stderr and "empty_run" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_non_numeric_cmc_is_a_user_error(tmp_path):
+    run = tmp_path / "bad_cmc"
+    run.mkdir()
+    (run / "results.json").write_text(json.dumps({"results": {"market1501": {"R1": 0.9, "cmc": ["high", "low"]}}}))
+    with pytest.raises(ReIDError, match="market1501"):
+        plot_cmc_tool.main([str(run), "-o", str(tmp_path / "plots")])
+    with pytest.raises(ReIDError, match="fractions"):
+        vis.plot_cmc({"run": [[0.5, 0.6], [0.7, 0.8]]}, tmp_path / "nested.png")
+    with pytest.raises(ReIDError, match="max_rank"):
+        vis.plot_cmc({"run": [0.5, 0.6]}, tmp_path / "x.png", max_rank=None)
+
+
+def test_cmc_axis_ends_with_the_longest_curve(tmp_path, monkeypatch):
+    from matplotlib.axes import Axes
+
+    limits = []
+    original = Axes.set_xlim
+    monkeypatch.setattr(Axes, "set_xlim", lambda self, *args, **kw: (limits.append(args), original(self, *args, **kw)))
+    vis.plot_cmc({"short": [0.5, 0.7, 0.9], "shorter": [0.6, 0.8]}, tmp_path / "short.png", max_rank=20)
+    vis.plot_cmc({"long": np.linspace(0.5, 1.0, 50)}, tmp_path / "long.png", max_rank=20)
+    assert [args for args in limits if len(args) == 2] == [(0.5, 3.5), (0.5, 20.5)]  # ours, not autoscaling's
+
+
+def test_mismatched_inputs_are_user_errors(problem, tmp_path):
+    with pytest.raises(ReIDError, match="query_indices"):
+        vis.save_ranked_lists(_distmat(), *problem, tmp_path, ap=np.array([0.1, 0.9]), query_indices=[0, 1, 2])
+    q_paths, g_paths, *labels = problem
+    with pytest.raises(ReIDError, match="same query/gallery split"):
+        vis.save_ranked_lists(_distmat(), q_paths[:3], g_paths, *labels, tmp_path)
+
+
+def test_features_variant_ranks_and_scores_as_the_evaluator(problem, tmp_path):
+    # Exact duplicates among non-integer gallery features: the drawn order and the AP used to choose the
+    # queries are the evaluator's (same distances bit for bit), ties going to the lower gallery index.
+    from reid.evaluation.rank import evaluate_features
+
+    rng = np.random.default_rng(3)
+    base = rng.standard_normal((3, 16)).astype(np.float32)
+    gf = base[[0, 1, 0, 2, 1, 0, 2, 1, 0]]
+    qf = base[[0, 1, 2, 1]] + 0.01 * rng.standard_normal((4, 16)).astype(np.float32)
+    q_paths, g_paths, q_pids, g_pids, q_cams, g_cams = problem
+    result = evaluate_features(qf, gf, q_pids, g_pids, q_cams, g_cams, metric="euclidean", max_rank=1)
+    files = vis.save_ranked_lists_from_features(qf, gf, *problem, tmp_path, num_queries=3, mode="worst",
+                                                metric="euclidean")
+    expected = result.query_indices[np.argsort(result.AP, kind="stable")]
+    assert [p.name for p in files] == [f"q{n:03d}_q{qi}.jpg" for n, qi in enumerate(expected, start=1)]

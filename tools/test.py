@@ -2,9 +2,11 @@
 """Evaluate a trained model on every dataset of DATASETS.TEST (same- and cross-domain) in one run.
 
     python tools/test.py --config lfm_market.yml --weights output/lfm_market/best.pth
-    python tools/test.py --weights best.pth DATASETS.TEST "('market1501', 'dukemtmc')" TEST.RERANK True --vis 10
+    python tools/test.py --weights best.pth --vis 10 DATASETS.TEST "('market1501', 'dukemtmc')" TEST.RERANK True
 
-Without --config, the config stored in the checkpoint is used (overrides still apply).
+Options (--config, --weights, --vis, --vis-mode) come first: everything after the first KEY VALUE
+override is read as more overrides. Without --config, the config stored in the checkpoint is used
+(overrides still apply); a checkpoint that stores none needs --config.
 """
 
 import argparse

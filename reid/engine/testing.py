@@ -11,7 +11,8 @@ from reid.data import check_datasets
 from reid.engine.hooks import write_results
 from reid.engine.inference import load_model_for_inference
 from reid.engine.training import setup_run
-from reid.evaluation.evaluator import evaluate_extracted, extract_test_features, format_results_table, result_row
+from reid.evaluation.evaluator import ExtractedFeatures, evaluate_datasets
+from reid.evaluation.rank import RankResult
 from reid.config import config_from_dict, load_config
 from reid.utils.checkpoint import load_checkpoint
 from reid.utils.errors import CheckpointError, ConfigError, ReIDError
@@ -39,7 +40,12 @@ def config_and_weights(config: str | None, weights: str | None, opts: list[str])
         return cfg, resolve_weights(cfg, weights)
     if not weights:
         raise ReIDError("Give --config (the training config) or --weights (a checkpoint that stores its config).")
-    return config_from_dict(load_checkpoint(weights).get("config") or {}, opts), Path(weights)
+    stored = load_checkpoint(weights).get("config")
+    if not isinstance(stored, dict):
+        # Never fall back to the default config: it would build some other model. The loader owns the
+        # message ("... stores no config; pass the training config with --config") and raises it here.
+        load_model_for_inference(weights)
+    return config_from_dict(stored, opts), Path(weights)
 
 
 def test(cfg: CfgNode, weights: str | Path, vis: int = 0, vis_mode: str = "worst") -> dict:
@@ -53,20 +59,18 @@ def test(cfg: CfgNode, weights: str | Path, vis: int = 0, vis_mode: str = "worst
     check_datasets(cfg.DATASETS.TEST, cfg.DATASETS.ROOT)
     model, cfg = load_model_for_inference(weights, cfg, device)
     out = Path(cfg.OUTPUT_DIR)
-    table: dict[str, dict] = {}
-    for name in cfg.DATASETS.TEST:
-        extracted = extract_test_features(cfg, model, name, device)
-        results = evaluate_extracted(cfg, extracted)
-        table[name] = result_row(results["plain"])
-        if "rerank" in results:
-            table[name]["rerank"] = result_row(results["rerank"])
-        _draw(cfg, name, extracted, results, table[name], out, vis, vis_mode)
-    logger.info(f"Results of {weights}:\n" + format_results_table(table))
+
+    def draw(name: str, extracted: ExtractedFeatures, results: dict[str, RankResult], row: dict) -> None:
+        _draw(cfg, name, extracted, results, row, out, vis, vis_mode)
+
+    table = evaluate_datasets(cfg, model, device, on_dataset=draw, title=f"Results of {weights}:")
     logger.info(f"Wrote {write_results(out, {'results': table, 'weights': str(weights)})}")
     return table
 
 
-def _draw(cfg, name, extracted, results, row, out: Path, vis: int, vis_mode: str) -> None:
+def _draw(cfg: CfgNode, name: str, extracted: ExtractedFeatures, results: dict[str, RankResult], row: dict,
+          out: Path, vis: int, vis_mode: str) -> None:
+    """The CMC plot of one dataset and, with ``vis``, the ranked lists of ``vis`` queries."""
     from reid.evaluation.visualize import plot_cmc, save_ranked_lists_from_features
 
     curves = {"plain": row["cmc"]}

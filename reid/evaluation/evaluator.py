@@ -5,15 +5,15 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 from torch import nn
 from yacs.config import CfgNode
 
 from reid.data import build_test_loader
-from reid.evaluation.rank import RankResult, evaluate_features, evaluate_rank
-from reid.evaluation.rerank import re_ranking
+from reid.evaluation.rank import RankResult, evaluate_features
+from reid.evaluation.rerank import evaluate_reranked
 
 logger = logging.getLogger("reid.evaluation")
 
@@ -73,7 +73,10 @@ def extract_test_features(cfg: CfgNode, model: nn.Module, dataset: str,
 
 
 def evaluate_extracted(cfg: CfgNode, extracted: ExtractedFeatures, rerank: bool | None = None) -> dict[str, RankResult]:
-    """``{"plain": result}`` plus ``"rerank"`` when TEST.RERANK (or ``rerank``) asks for it."""
+    """``{"plain": result}`` plus ``"rerank"`` when TEST.RERANK (or ``rerank``) asks for it.
+
+    Both are computed block by block in bounded memory (no query x gallery matrix is kept).
+    """
     qf, gf, q_pids, g_pids, q_camids, g_camids = extracted.split()
     results = {"plain": evaluate_features(qf, gf, q_pids, g_pids, q_camids, g_camids, metric=cfg.TEST.METRIC,
                                           normalize=cfg.TEST.FEAT_NORM, max_rank=cfg.TEST.MAX_RANK)}
@@ -82,8 +85,9 @@ def evaluate_extracted(cfg: CfgNode, extracted: ExtractedFeatures, rerank: bool 
         # too, or the re-ranked row would rank by another distance than the plain one.
         if cfg.TEST.FEAT_NORM or cfg.TEST.METRIC == "cosine":
             qf, gf = nn.functional.normalize(qf, dim=1), nn.functional.normalize(gf, dim=1)
-        dist = re_ranking(qf, gf, k1=cfg.TEST.RERANK_K1, k2=cfg.TEST.RERANK_K2, lambda_value=cfg.TEST.RERANK_LAMBDA)
-        results["rerank"] = evaluate_rank(dist, q_pids, g_pids, q_camids, g_camids, max_rank=cfg.TEST.MAX_RANK)
+        results["rerank"] = evaluate_reranked(qf, gf, q_pids, g_pids, q_camids, g_camids, k1=cfg.TEST.RERANK_K1,
+                                              k2=cfg.TEST.RERANK_K2, lambda_value=cfg.TEST.RERANK_LAMBDA,
+                                              max_rank=cfg.TEST.MAX_RANK)
     return results
 
 
@@ -92,9 +96,18 @@ def result_row(result: RankResult) -> dict:
     return {**result.as_dict(), "cmc": [round(float(v), 6) for v in result.cmc]}
 
 
+#: Called by :func:`evaluate_datasets` after each dataset: (name, features, results, its table row).
+DatasetCallback = Callable[[str, ExtractedFeatures, dict[str, RankResult], dict], None]
+
+
 def evaluate_datasets(cfg: CfgNode, model: nn.Module, device: torch.device | str,
-                      names: Sequence[str] | None = None) -> dict[str, dict]:
-    """R1/R5/R10/mAP/mINP (+ CMC, + a ``rerank`` entry with TEST.RERANK) per dataset, logged as a table."""
+                      names: Sequence[str] | None = None, on_dataset: DatasetCallback | None = None,
+                      title: str = "") -> dict[str, dict]:
+    """R1/R5/R10/mAP/mINP (+ CMC, + a ``rerank`` entry with TEST.RERANK) per dataset, logged as a table.
+
+    ``names`` defaults to DATASETS.TEST. ``on_dataset`` sees each dataset's features and results
+    while they are at hand (``tools/test.py`` draws its pictures there); ``title`` heads the logged table.
+    """
     table: dict[str, dict] = {}
     for name in names or cfg.DATASETS.TEST:
         extracted = extract_test_features(cfg, model, name, device)
@@ -102,7 +115,9 @@ def evaluate_datasets(cfg: CfgNode, model: nn.Module, device: torch.device | str
         table[name] = result_row(results["plain"])
         if "rerank" in results:
             table[name]["rerank"] = result_row(results["rerank"])
-    logger.info("\n" + format_results_table(table))
+        if on_dataset is not None:
+            on_dataset(name, extracted, results, table[name])
+    logger.info((f"{title}\n" if title else "\n") + format_results_table(table))
     return table
 
 

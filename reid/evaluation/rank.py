@@ -17,28 +17,53 @@ counts the matches preceding each image; a per-query histogram of those counts g
 O(G log M) per query (M = true matches) instead of O(G log G). Queries are processed in blocks sized
 from a memory budget, on the device the data lives on.
 
+Distances from features (:class:`FeatureDistances`) do not depend on the blocks they are computed in:
+every matrix product has both operands' row counts padded to a multiple of 16 and multiplies the
+gallery in chunks of a fixed size, and per-row norms are computed once. A BLAS library computes a
+1-row product (GEMV) or a ragged tail with other kernels whose float32 sums round differently, so
+otherwise two identical gallery images could get different distances and exact ties, hence the
+metrics, would depend on the memory budget.
+
 Distances are compared in float32 (as torchreid's and fast-reid's Cython evaluators do): float64
 input is rounded to float32 first, float16/bfloat16 input is widened exactly. NaN is rejected.
 """
 
 from __future__ import annotations
 
+import numbers
 from dataclasses import dataclass
-from typing import Union
+from typing import Callable, Iterator, Sequence, Union
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from reid.utils.errors import ReIDError
 
 ArrayLike = Union[np.ndarray, torch.Tensor]
+#: Query rows for :meth:`FeatureDistances.rows`: a range, or indices (sequence, numpy or torch).
+QueryRows = Union[slice, Sequence[int], np.ndarray, torch.Tensor]
 
+#: The distance metrics of :func:`evaluate_features` and :class:`FeatureDistances`.
+METRICS = ("cosine", "euclidean")
 #: Memory budget on CPU when none is given (bytes).
 DEFAULT_CPU_BUDGET_BYTES = 256 * 2**20
 #: Fraction of the free CUDA memory used as budget when none is given.
 CUDA_BUDGET_FRACTION = 0.5
 
+# Both operands of every matrix product have a multiple of this many rows (zero rows are appended and
+# their results dropped). MKL, like other BLAS libraries, computes a 1-row product as a GEMV and ragged
+# row or column tails with other kernels, whose sums round differently; with both row counts a multiple
+# of 16 each entry is computed the same way whatever block it is in (checked with MKL on AVX-512 over
+# hundreds of random problems, 11- to 2048-d, galleries up to 16k, blocks of 16 to 1,024 rows; on CUDA
+# the tests marked cuda check it).
+_GEMM_ROWS = 16
+# At most this many query rows per block, so the full query x gallery matrix is never materialised
+# when there are more queries; on CPU, 1,024-row products run as fast per entry as larger ones (measured).
+_MAX_BLOCK_ROWS = 1024
+# The gallery is multiplied in chunks of a fixed number of rows (this many bytes of float32 features),
+# never derived from the budget, so that the products' shapes do not depend on it. A chunk that must
+# change dtype or device, and the zero-padded last chunk, are copied into a buffer of at most this size.
+_GALLERY_CHUNK_BYTES = 32 * 2**20
 # On CPU, ranks are computed on chunks of queries using about this much working memory whatever the
 # budget: fastest on Market- and MSMT-sized problems on a 2-core CPU (smaller chunks pay per-chunk
 # overhead, larger ones fall out of cache and pay page faults on every fresh allocation).
@@ -49,17 +74,16 @@ _CPU_RANK_CHUNK_BYTES = 48 * 2**20
 _RANK_BYTES_PER_ENTRY = 20
 # Bytes per (query, same-identity gallery image) pair: row and column int64 indices plus masks.
 _BYTES_PER_IDENTITY_PAIR = 40
-# Whole-call vectors: per gallery image 4 float32 (scale, squared norm, coefficient, offset) and
-# 4 int64 (pid, camera, index, identity order); per query 4 int64 (pid, camera, identity span
-# start/count) and 4 accumulated metrics.
-_BYTES_PER_GALLERY_ITEM = 4 * 4 + 4 * 8
+# Whole-call label vectors: per gallery image 4 int64 (pid, camera, index, identity order); per query
+# 4 int64 (pid, camera, identity span start/count) and 4 accumulated metrics. The features' norms are
+# counted by FeatureDistances.fixed_bytes.
+_BYTES_PER_GALLERY_ITEM = 4 * 8
 _BYTES_PER_QUERY = 4 * 8 + 4 * 8
 _KEY_SENTINEL = torch.iinfo(torch.int64).max
 # Sort only the candidate images (those not farther than a query's hardest true match) when they are
 # at most 1/_SPARSE_CANDIDATE_FACTOR of the block: on CPU, sorting costs about ten times more per
 # image than the searchsorted pass over every image.
 _SPARSE_CANDIDATE_FACTOR = 16
-_METRICS = ("euclidean", "cosine")
 
 
 @dataclass(frozen=True)
@@ -75,9 +99,10 @@ class RankResult:
         INP: inverse negative penalty of each valid query.
         query_indices: indices of the queries that were counted (those with a true match left).
         num_valid_queries: ``len(query_indices)``.
-        peak_memory_bytes: extra memory used by :func:`evaluate_features` (``None`` for
-            :func:`evaluate_rank`): on CUDA the ``torch.cuda.max_memory_allocated`` increase; on CPU
-            the bytes of the largest set of block buffers alive at once, computed from their shapes.
+        peak_memory_bytes: extra memory used by :func:`evaluate_features` or
+            :func:`reid.evaluation.rerank.evaluate_reranked` (``None`` for :func:`evaluate_rank`): on
+            CUDA the ``torch.cuda.max_memory_allocated`` increase; on CPU the bytes of the largest set
+            of buffers alive at once, computed from their shapes.
     """
 
     cmc: np.ndarray
@@ -110,12 +135,16 @@ def evaluate_rank(
 
     Runs on the device of ``distmat`` (numpy arrays run on CPU), in blocks of queries whose working
     memory stays under ``memory_budget_bytes`` (default: 256 MiB on CPU, half the free memory on
-    CUDA), except that a block always holds at least one query.
+    CUDA), except that a block always holds at least one query. ``distmat`` holds real numbers
+    (floating point or integer; compared in float32).
     """
     dist = _as_tensor(distmat, "distmat")
     if dist.dim() != 2:
         raise ReIDError(f"evaluate_rank needs a 2-D query x gallery distance matrix, got shape "
                         f"{tuple(dist.shape)}.")
+    if dist.dtype == torch.bool or dist.is_complex():
+        raise ReIDError(f"The distance matrix must hold real numbers (floating point or integer), got dtype "
+                        f"{dist.dtype}.")
     device = dist.device
     num_q, num_g = dist.shape
     ids = _Identities(q_pids, g_pids, q_camids, g_camids, num_q, num_g, device)
@@ -144,46 +173,43 @@ def evaluate_features(
     normalize: bool = False,
     memory_budget_bytes: int | None = None,
 ) -> RankResult:
-    """CMC, mAP and mINP straight from query and gallery features, without a full distance matrix.
+    """CMC, mAP and mINP straight from query and gallery features, in blocks of query rows.
 
-    Distances are those of :func:`compute_distance_matrix` (``"euclidean"``: the true, not squared,
+    Distances are those of :class:`FeatureDistances` (``"euclidean"``: the true, not squared,
     distance; ``"cosine"``: ``1 - cos``; ``normalize`` L2-normalises the features first, which only
-    changes euclidean). Features may be float16/bfloat16/float32/float64; they are multiplied in
-    float32 blocks. Everything runs on ``qf``'s device (``gf`` is moved there block by block). Only a
-    block of query rows is alive at a time, sized so block buffers stay under ``memory_budget_bytes``
-    (default: 256 MiB on CPU, half the free memory on CUDA; a block always holds at least one query,
-    so the bound is max(budget, about 24 bytes x gallery size)). ``peak_memory_bytes`` of the result
-    reports what was used; on CUDA it resets the device's peak-memory statistics.
+    changes euclidean); they are bit-identical whatever the block size, so the result does not depend
+    on ``memory_budget_bytes`` and equals ``evaluate_rank(compute_distance_matrix(...))``. Features may
+    be float16/bfloat16/float32/float64; they are multiplied in float32. Everything runs on ``qf``'s
+    device (``gf`` is moved there chunk by chunk).
+
+    Memory: one block of at most 1,024 query rows is alive at a time (so the full query x gallery
+    matrix is never built when there are more queries), sized so that all buffers stay under
+    ``memory_budget_bytes`` (default: 256 MiB on CPU, half the free memory on CUDA). A block holds at
+    least 16 rows, a query is ranked whole and the gallery is converted in fixed chunks of up to 32 MiB,
+    so the bound is max(budget, about 32 MiB + 130 bytes x gallery size + 72 bytes x queries).
+    ``peak_memory_bytes`` reports what was used; on CUDA it resets the device's peak-memory statistics.
     """
     metric = _check_metric(metric)
-    query = _as_tensor(qf, "qf")
-    gallery = _as_tensor(gf, "gf")
-    device = query.device if isinstance(qf, torch.Tensor) else gallery.device
-    _check_features(query, gallery)
+    query, gallery, device = _feature_tensors(qf, gf)
     num_q, num_g = query.shape[0], gallery.shape[0]
-    ids = _Identities(q_pids, g_pids, q_camids, g_camids, num_q, num_g, device)
     max_rank = _check_max_rank(max_rank)
     budget = _memory_budget(device, memory_budget_bytes)
-
     tracker = _PeakMemory(device)
-    distance = _BlockDistance(gallery, metric, normalize, device, feature_budget_bytes=budget // 4)
-    # Vectors (ids, norms, per-query metrics) and the gallery conversion block live for the whole call.
-    fixed_bytes = _BYTES_PER_GALLERY_ITEM * num_g + _BYTES_PER_QUERY * num_q + distance.block_bytes
-    chunk_budget = _chunk_budget(device, budget // 2, _CPU_RANK_CHUNK_BYTES)
-    # Per query row of a block: its float32 distances, and its features converted to float32 and
-    # normalised (up to two float32 copies at once).
-    block_row_bytes = 4 * num_g + 2 * 4 * query.shape[1]
-    rows_per_block = max(1, (budget - fixed_bytes - chunk_budget) // block_row_bytes)
-    buffer = torch.empty((min(rows_per_block, num_q), num_g), device=device)
+    ids = _Identities(q_pids, g_pids, q_camids, g_camids, num_q, num_g, device)
+    distances = FeatureDistances(query, gallery, metric, normalize, device=device)
+
+    fixed_bytes = _BYTES_PER_GALLERY_ITEM * num_g + _BYTES_PER_QUERY * num_q + distances.fixed_bytes
+    rows_per_block, chunk_budget = _split_budget(budget, fixed_bytes, distances.block_row_bytes, num_q, device)
+    buffer = torch.empty((rows_per_block, num_g), device=device)
+    block_bytes = fixed_bytes + rows_per_block * distances.block_row_bytes
     rank_cost = ids.rank_cost(0)
     acc = _MetricAccumulator(num_q, device)
     for start in range(0, num_q, rows_per_block):
         end = min(start + rows_per_block, num_q)
-        block = distance(query[start:end], out=buffer[:end - start])
+        block = distances.block(slice(start, end), out=buffer)
         for first, last in _row_blocks(rank_cost[start:end], chunk_budget):
             acc.add(start + first, *_true_match_ranks(block[first:last], ids, start + first, start + last))
-            tracker.account(fixed_bytes + buffer.numel() * 4 + (end - start) * 2 * 4 * query.shape[1]
-                            + int(rank_cost[start + first:start + last].sum()))
+            tracker.account(block_bytes + int(rank_cost[start + first:start + last].sum()))
     return acc.result(max_rank, peak_memory_bytes=tracker.peak())
 
 
@@ -195,17 +221,10 @@ def compute_distance_matrix(
 ) -> torch.Tensor:
     """The full query x gallery float32 distance matrix that :func:`evaluate_features` ranks.
 
-    Meant for small problems, tests and visualisation; it allocates ``len(qf) x len(gf)`` floats.
+    Bit-identical to the rows :func:`evaluate_features` computes block by block. Meant for small
+    problems, tests and visualisation: it allocates ``len(qf) x len(gf)`` floats.
     """
-    metric = _check_metric(metric)
-    query, gallery = _as_tensor(qf, "qf"), _as_tensor(gf, "gf")
-    _check_features(query, gallery)
-    device = query.device if isinstance(qf, torch.Tensor) else gallery.device
-    distance = _BlockDistance(gallery, metric, normalize, device,
-                              feature_budget_bytes=DEFAULT_CPU_BUDGET_BYTES // 4)
-    return distance(query)
-
-
+    return FeatureDistances(qf, gf, metric, normalize).matrix()
 # --------------------------------------------------------------------------------------------------
 # Ranking kernel
 
@@ -364,7 +383,9 @@ class _MetricAccumulator:
         last = ranks.gather(1, (num_matches - 1).clamp(min=0)[:, None]).squeeze(1)
         self.num_matches[start:end] = num_matches
         self.first_rank[start:end] = ranks[:, 0]
-        self.ap[start:end] = precision_at_match.sum(1) / count
+        # A sequential sum (the last of a cumulative sum), not .sum(1): a reduction's order can depend on
+        # the number of rows, and AP must not depend on the block a query was ranked in.
+        self.ap[start:end] = precision_at_match.cumsum(1)[:, -1] / count
         self.inp[start:end] = num_matches / (last + 1).to(torch.float64)
 
     def result(self, max_rank: int, peak_memory_bytes: int | None = None) -> RankResult:
@@ -394,62 +415,196 @@ class _MetricAccumulator:
 # Distances
 
 
-class _BlockDistance:
-    """float32 distances of query blocks to the whole gallery, multiplied in gallery blocks.
+class FeatureDistances:
+    """The float32 query x gallery distances that :func:`evaluate_features` ranks, any rows at a time.
 
-    ``metric`` is ``"euclidean"``, ``"cosine"`` or ``"sqeuclidean"`` (squared euclidean, not clamped:
-    what re-ranking uses). Gallery scale factors and squared norms are computed once, so a gallery
-    block is only copied when it must change dtype/device (at most ``feature_budget_bytes``).
+    ``distance = offset[g] + coef[g] * (q' . g)`` with ``q'`` the query scaled to unit length when the
+    features are normalised: cosine ``1 - s_g (q' . g)``; euclidean ``sqrt(max(0, |q'|^2 + |g'|^2 -
+    2 s_g (q' . g)))`` (``s_g`` = 1 / |g| when normalised, else 1). Per-row norms are computed once, in
+    fixed chunks; every matrix product pads both operands to a multiple of 16 rows and multiplies the
+    gallery in fixed chunks. So a distance does not depend on which other rows are computed with it:
+    blocks of any size, :func:`compute_distance_matrix` and :meth:`rows` of any queries agree bit for
+    bit, ties included.
+
+    Args:
+        qf, gf: query and gallery features (numpy or torch, float16/bfloat16/float32/float64).
+        metric: ``"cosine"`` or ``"euclidean"``.
+        normalize: L2-normalise the features first (cosine always does).
+        device: where to compute; default ``qf``'s device when it is a tensor, else ``gf``'s.
     """
 
-    def __init__(self, gallery: torch.Tensor, metric: str, normalize: bool, device: torch.device,
-                 feature_budget_bytes: int):
-        self.gallery = gallery
-        self.metric = metric
-        self.unit_norm = normalize or metric == "cosine"
-        self.device = device
-        needs_copy = gallery.dtype != torch.float32 or gallery.device != device or not gallery.is_contiguous()
-        dim = max(gallery.shape[1], 1)
-        self.rows_per_block = (max(1, feature_budget_bytes // (dim * 4)) if needs_copy
-                               else max(gallery.shape[0], 1))
-        self.block_bytes = min(self.rows_per_block, gallery.shape[0]) * dim * 4 if needs_copy else 0
-        scales, sq_norms = [], []
-        for block in self._gallery_blocks():
-            norm = torch.linalg.vector_norm(block, dim=1)  # a reduction: no block-sized temporary
+    def __init__(self, qf: ArrayLike, gf: ArrayLike, metric: str = "cosine", normalize: bool = False,
+                 device: torch.device | str | None = None):
+        self.metric = _check_metric(metric)
+        self.query, self.gallery, default_device = _feature_tensors(qf, gf)
+        self.device = torch.device(device) if device is not None else default_device
+        self.unit_norm = bool(normalize) or metric == "cosine"
+        num_g, dim = self.gallery.shape
+        self.chunk_rows = _gallery_chunk_rows(dim)
+        self.query_scale, self.query_sq_norm = self._scales(self.query)
+        scale, sq_norm = self._scales(self.gallery)
+        # distance = offset + coef * (q' . g): cosine 1 - s_g q'.g; squared euclidean |g'|^2 - 2 s_g q'.g
+        # (+ |q'|^2 added per query row).
+        self.coef = -scale if self.metric == "cosine" else -2.0 * scale
+        self.offset = torch.ones_like(scale) if self.metric == "cosine" else sq_norm
+        # A float32 contiguous gallery on the device is multiplied in place, chunk by chunk, except the
+        # last chunk when it must be padded: that one is copied once. Any other gallery is converted
+        # chunk by chunk into a reused buffer.
+        self.in_place = (self.gallery.dtype == torch.float32 and self.gallery.device == self.device
+                         and self.gallery.is_contiguous())
+        last_start = (max(num_g - 1, 0) // self.chunk_rows) * self.chunk_rows
+        self.last_width = num_g - last_start
+        self._tail: torch.Tensor | None = None
+        if self.in_place and self.last_width % _GEMM_ROWS:
+            self._tail = self._padded_rows(self.gallery[last_start:])
+        copied_rows = _padded(min(self.chunk_rows, num_g)) if not self.in_place else (
+            0 if self._tail is None else self._tail.shape[0])
+        self._buffer_bytes = 4 * dim * copied_rows
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """(number of queries, number of gallery images)."""
+        return self.query.shape[0], self.gallery.shape[0]
+
+    @property
+    def fixed_bytes(self) -> int:
+        """Bytes held for the whole computation: per-row norms and scales, the gallery chunk buffer."""
+        return 4 * 2 * (self.query.shape[0] + self.gallery.shape[0]) + self._buffer_bytes
+
+    @property
+    def block_row_bytes(self) -> int:
+        """Bytes per query row of a block: its distances, its float32 features, the padded last chunk."""
+        padded_last = _padded(self.last_width)
+        tail = 4 * padded_last if padded_last != self.last_width else 0
+        return 4 * self.gallery.shape[0] + 4 * self.query.shape[1] + tail
+
+    def block(self, rows: QueryRows, out: torch.Tensor) -> torch.Tensor:
+        """Distances of the query ``rows`` to every gallery image, written into ``out``.
+
+        ``out``: float32 on :attr:`device`, ``num_gallery`` columns and at least as many rows as the
+        queries rounded up to a multiple of 16 (the padding rows are scratch). Returns ``out``'s first
+        ``len(rows)`` rows.
+        """
+        scale, sq_norm = self.query_scale[_on(rows, self.device)], self.query_sq_norm[_on(rows, self.device)]
+        query = self._padded_rows(self.query[_on(rows, self.query.device)])
+        num = scale.shape[0]
+        if self.unit_norm:
+            query[:num] *= scale[:, None]
+        padded = query.shape[0]
+        for start, chunk in self._gallery_chunks():
+            end = min(start + self.chunk_rows, self.gallery.shape[0])
+            part = out[:padded, start:end]
+            if chunk.shape[0] == end - start:
+                torch.mm(query, chunk.T, out=part)
+            else:  # the zero-padded last chunk
+                part.copy_(torch.mm(query, chunk.T)[:, :end - start])
+            torch.addcmul(self.offset[start:end], part, self.coef[start:end], out=part)
+        dist = out[:num]
+        if self.metric != "cosine":
+            dist.add_(sq_norm[:, None])
+        if self.metric == "euclidean":
+            dist.clamp_(min=0).sqrt_()
+        return dist
+
+    def rows(self, rows: QueryRows) -> torch.Tensor:
+        """A new ``len(rows) x num_gallery`` float32 tensor: the distances of the query ``rows``."""
+        num = self.query_scale[_on(rows, self.device)].shape[0]
+        return self.block(rows, torch.empty((_padded(num), self.gallery.shape[0]), device=self.device))
+
+    def matrix(self) -> torch.Tensor:
+        """The full ``num_query x num_gallery`` distance matrix."""
+        out = torch.empty(self.shape, device=self.device)
+        return _fill_rows(out, lambda start, end, block: self.block(slice(start, end), block), _MAX_BLOCK_ROWS)
+
+    def _scales(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-row scale (1/norm when normalising, else 1) and squared norm of the scaled row."""
+        scales, sq_norms = [torch.zeros(0, device=self.device)], [torch.zeros(0, device=self.device)]
+        for start in range(0, features.shape[0], self.chunk_rows):
+            chunk = features[start:start + self.chunk_rows].to(self.device, torch.float32)
+            norm = torch.linalg.vector_norm(chunk, dim=1)  # a reduction: no chunk-sized temporary
             scale = 1.0 / norm.clamp(min=1e-12) if self.unit_norm else torch.ones_like(norm)
             scales.append(scale)
             sq_norms.append((norm * scale) ** 2)
-        empty = torch.zeros(0, device=device)
-        scale = torch.cat(scales) if scales else empty
-        sq_norm = torch.cat(sq_norms) if sq_norms else empty
-        # distance = offset + coef * (q . g): cosine 1 - s_g q.g; squared euclidean |g|^2 - 2 s_g q.g
-        # (+ |q|^2 added per query row).
-        self.coef = -scale if metric == "cosine" else -2.0 * scale
-        self.offset = torch.ones_like(scale) if metric == "cosine" else sq_norm
+        return torch.cat(scales), torch.cat(sq_norms)
 
-    def _gallery_blocks(self):
-        for start in range(0, self.gallery.shape[0], self.rows_per_block):
-            yield self.gallery[start:start + self.rows_per_block].to(self.device, torch.float32)
+    def _gallery_chunks(self) -> Iterator[tuple[int, torch.Tensor]]:
+        """``(first row, float32 rows)`` of each gallery chunk; rows are zero-padded to a multiple of 16."""
+        num_g = self.gallery.shape[0]
+        buffer = None
+        for start in range(0, num_g, self.chunk_rows):
+            rows = self.gallery[start:start + self.chunk_rows]
+            if self.in_place:
+                yield start, rows if self._tail is None or start + rows.shape[0] < num_g else self._tail
+            else:
+                if buffer is None:
+                    buffer = torch.empty((_padded(min(self.chunk_rows, num_g)), rows.shape[1]), device=self.device)
+                padded = _padded(rows.shape[0])
+                buffer[:rows.shape[0]].copy_(rows)  # converts in place: no chunk-sized temporary
+                buffer[rows.shape[0]:padded] = 0
+                yield start, buffer[:padded]
 
-    def __call__(self, query: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
-        """Distances of ``query`` rows to every gallery row, written into ``out`` when given."""
-        query = query.to(self.device, torch.float32)
-        if self.unit_norm:
-            query = F.normalize(query, dim=1)
-        if out is None:
-            out = torch.empty((query.shape[0], self.gallery.shape[0]), device=self.device)
-        start = 0
-        for block in self._gallery_blocks():
-            end = start + block.shape[0]
-            part = out[:, start:end]
-            torch.mm(query, block.T, out=part)
-            torch.addcmul(self.offset[start:end], part, self.coef[start:end], out=part)
-            start = end
-        if self.metric != "cosine":
-            out.add_(torch.linalg.vector_norm(query, dim=1, keepdim=True) ** 2)
-        if self.metric == "euclidean":
-            out.clamp_(min=0).sqrt_()
+    def _padded_rows(self, rows: torch.Tensor) -> torch.Tensor:
+        """A float32 copy of ``rows`` on the device with zero rows appended up to a multiple of 16."""
+        out = torch.zeros((_padded(rows.shape[0]), rows.shape[1]), device=self.device)
+        out[:rows.shape[0]].copy_(rows)
         return out
+
+
+def _fill_rows(out: torch.Tensor, compute: Callable[[int, int, torch.Tensor], torch.Tensor],
+               rows_per_block: int) -> torch.Tensor:
+    """Fill ``out`` (queries x gallery) by blocks of rows: ``compute(start, end, buffer)`` writes the
+    rows ``start:end`` into ``buffer``, which needs ``end - start`` rounded up to a multiple of 16 rows.
+
+    Blocks of a multiple of 16 rows are computed straight into ``out``; the last few rows go through
+    a 16-row scratch buffer.
+    """
+    num_rows = out.shape[0]
+    aligned = num_rows - num_rows % _GEMM_ROWS
+    for start in range(0, aligned, rows_per_block):
+        end = min(start + rows_per_block, aligned)
+        compute(start, end, out[start:end])
+    if aligned < num_rows:
+        out[aligned:] = compute(aligned, num_rows, torch.empty((_GEMM_ROWS, out.shape[1]), device=out.device))
+    return out
+
+
+def _padded(num_rows: int) -> int:
+    """``num_rows`` rounded up to a multiple of the GEMM row granule (at least one granule)."""
+    return max(1, -(-num_rows // _GEMM_ROWS)) * _GEMM_ROWS
+
+
+def _gallery_chunk_rows(dim: int) -> int:
+    """Gallery rows per matrix product: a fixed multiple of 16 (it depends only on the width)."""
+    return max(_GEMM_ROWS, _GALLERY_CHUNK_BYTES // (4 * max(dim, 1)) // _GEMM_ROWS * _GEMM_ROWS)
+
+
+def _block_rows(available_bytes: int, row_bytes: int, num_rows: int) -> int:
+    """Query rows per block: what ``available_bytes`` holds, a multiple of 16 in [16, 1024], and not
+    more than the (padded) number of queries."""
+    rows = min(max(available_bytes, 0) // max(row_bytes, 1), _MAX_BLOCK_ROWS, _padded(num_rows))
+    return max(_GEMM_ROWS, rows // _GEMM_ROWS * _GEMM_ROWS)
+
+
+def _split_budget(budget: int, fixed_bytes: int, row_bytes: int, num_rows: int,
+                  device: torch.device) -> tuple[int, int]:
+    """(query rows per block, working budget of the chunks that rank or post-process a block).
+
+    About half of what the fixed buffers leave goes to the block, the rest to ranking chunks (capped
+    on CPU, see :data:`_CPU_RANK_CHUNK_BYTES`). A block has at least 16 rows; when that already
+    exceeds the budget, chunks get nothing and rank one query at a time, so the peak stays at the
+    minimum working set.
+    """
+    chunk_budget = _chunk_budget(device, budget // 2, _CPU_RANK_CHUNK_BYTES)
+    rows = _block_rows(budget - fixed_bytes - chunk_budget, row_bytes, num_rows)
+    return rows, _chunk_budget(device, max(budget - fixed_bytes - rows * row_bytes, 0), _CPU_RANK_CHUNK_BYTES)
+
+
+def _on(rows: QueryRows, device: torch.device) -> slice | torch.Tensor:
+    """``rows`` as something that indexes a tensor on ``device``: a slice, or an int64 index tensor."""
+    if isinstance(rows, slice):
+        return rows
+    return torch.as_tensor(np.asarray(rows) if not isinstance(rows, torch.Tensor) else rows,
+                           dtype=torch.int64).reshape(-1).to(device)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -457,12 +612,32 @@ class _BlockDistance:
 
 
 def _as_tensor(value: ArrayLike, name: str) -> torch.Tensor:
+    """``value`` as a tensor (numpy arrays share memory where torch allows it)."""
     if isinstance(value, torch.Tensor):
         return value.detach()
     try:
-        return torch.as_tensor(np.asarray(value))
-    except (TypeError, ValueError) as err:
-        raise ReIDError(f"{name} must be a numpy array or torch tensor, got {type(value).__name__}.") from err
+        array = np.asarray(value)
+    except (TypeError, ValueError) as err:  # e.g. ragged nested lists
+        raise ReIDError(f"{name} must be a numpy array or torch tensor, got {type(value).__name__} that numpy "
+                        f"cannot convert ({err}).") from err
+    if array.dtype.kind not in "biufc":  # object, str, bytes, datetime...
+        raise ReIDError(f"{name} must hold numbers, got a numpy array of dtype {array.dtype} "
+                        f"(from {type(value).__name__}).")
+    if any(stride < 0 for stride in array.strides):
+        array = np.ascontiguousarray(array)  # torch cannot view negative strides (e.g. a[::-1])
+    return torch.as_tensor(array)
+
+
+def _feature_tensors(qf: ArrayLike, gf: ArrayLike) -> tuple[torch.Tensor, torch.Tensor, torch.device]:
+    """Checked query and gallery feature tensors and the device to work on (``qf``'s when a tensor)."""
+    query, gallery = _as_tensor(qf, "qf"), _as_tensor(gf, "gf")
+    if query.dim() != 2 or gallery.dim() != 2 or query.shape[1] != gallery.shape[1]:
+        raise ReIDError(f"Query and gallery features must be 2-D with the same width, got shapes "
+                        f"{tuple(query.shape)} and {tuple(gallery.shape)}.")
+    if not (query.is_floating_point() and gallery.is_floating_point()):
+        raise ReIDError(f"Features must be floating point, got {query.dtype} and {gallery.dtype}.")
+    device = query.device if isinstance(qf, torch.Tensor) else gallery.device
+    return query, gallery, device
 
 
 def _labels(value: ArrayLike, name: str, length: int, device: torch.device) -> torch.Tensor:
@@ -470,27 +645,20 @@ def _labels(value: ArrayLike, name: str, length: int, device: torch.device) -> t
     if labels.numel() != length:
         raise ReIDError(f"{name} has {labels.numel()} entries but the distance matrix / features have "
                         f"{length}; ids and features must come from the same query/gallery split.")
-    if labels.numel() and (labels.is_floating_point() or labels.is_complex()):
+    if labels.numel() and (labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool):
         raise ReIDError(f"{name} must hold integer ids, got dtype {labels.dtype}.")
     return labels.to(device=device, dtype=torch.int64)
 
 
-def _check_features(query: torch.Tensor, gallery: torch.Tensor) -> None:
-    if query.dim() != 2 or gallery.dim() != 2 or query.shape[1] != gallery.shape[1]:
-        raise ReIDError(f"Query and gallery features must be 2-D with the same width, got shapes "
-                        f"{tuple(query.shape)} and {tuple(gallery.shape)}.")
-    if not (query.is_floating_point() and gallery.is_floating_point()):
-        raise ReIDError(f"Features must be floating point, got {query.dtype} and {gallery.dtype}.")
-
-
 def _check_metric(metric: str) -> str:
-    if metric not in _METRICS:
-        raise ReIDError(f"Unknown distance metric {metric!r}; use one of {', '.join(_METRICS)}.")
+    if metric not in METRICS:
+        raise ReIDError(f"Unknown distance metric {metric!r}; use one of {', '.join(METRICS)}.")
     return metric
 
 
 def _check_max_rank(max_rank: int) -> int:
-    if int(max_rank) != max_rank or max_rank < 1:
+    # bool is an Integral too, but max_rank=True is a mistake, not 1.
+    if isinstance(max_rank, bool) or not isinstance(max_rank, numbers.Integral) or max_rank < 1:
         raise ReIDError(f"max_rank must be a positive integer, got {max_rank!r}.")
     return int(max_rank)
 
@@ -498,8 +666,8 @@ def _check_max_rank(max_rank: int) -> int:
 def _memory_budget(device: torch.device, requested: int | None) -> int:
     """Bytes the block buffers may use: ``requested``, else 256 MiB on CPU or half the free CUDA memory."""
     if requested is not None:
-        if requested <= 0:
-            raise ReIDError(f"memory_budget_bytes must be positive, got {requested}.")
+        if isinstance(requested, bool) or not isinstance(requested, numbers.Integral) or requested <= 0:
+            raise ReIDError(f"memory_budget_bytes must be a positive integer, got {requested!r}.")
         return int(requested)
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)

@@ -65,7 +65,8 @@ def re_ranking_reference(
     """k-reciprocal re-ranking (Zhong et al., CVPR 2017) on the dense (q+g)^2 matrix, in float32.
 
     The usual implementation (BoT / torchreid): squared euclidean distances of all query and gallery
-    features, each column divided by its max then transposed; k-reciprocal sets from full argsorts,
+    features, each column divided by its max then transposed; k-reciprocal sets from full argsorts
+    (stable here, so equal distances are ordered by index; the original's default sort leaves that open),
     expanded by candidates' half-size (round(k1/2)) reciprocal sets that overlap by more than 2/3;
     Gaussian-kernel weights; local query expansion over the k2 nearest neighbours; Jaccard distance;
     ``final = (1 - lambda) * jaccard + lambda * original``. Returns the q x g block.
@@ -78,7 +79,7 @@ def re_ranking_reference(
     sq_norm = (feats * feats).sum(axis=1, keepdims=True)
     original = sq_norm + sq_norm.T - 2 * feats @ feats.T
     original = np.transpose(original / np.max(original, axis=0))
-    initial_rank = np.argsort(original, axis=1)
+    initial_rank = np.argsort(original, axis=1, kind="stable")
     half_k1 = int(np.around(k1 / 2))
 
     def reciprocal_neighbours(i: int, k: int) -> np.ndarray:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import numbers
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
@@ -21,6 +22,7 @@ import torch
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from reid.evaluation.rank import METRICS, FeatureDistances, RankResult, evaluate_features, evaluate_rank
 from reid.utils.errors import ReIDError
 
 logger = logging.getLogger("reid.evaluation")
@@ -42,14 +44,14 @@ BACKGROUND_COLOR = (255, 255, 255)
 TEXT_COLOR = (0, 0, 0)
 
 MODES = ("worst", "best", "random")
-METRICS = ("cosine", "euclidean")
 _FONT = cv2.FONT_HERSHEY_SIMPLEX
 # Full-resolution chroma keeps the thin coloured frames crisp.
 _JPEG_PARAMS = [cv2.IMWRITE_JPEG_QUALITY, 95, cv2.IMWRITE_JPEG_SAMPLING_FACTOR, cv2.IMWRITE_JPEG_SAMPLING_FACTOR_444]
-_AP_CHUNK = 1024  # query rows per distance block when AP must be computed here
 
 # Distance rows of the given query indices, shape (len(indices), num_gallery).
 DistanceRows = Callable[[np.ndarray], np.ndarray]
+# The evaluator's result for every query, computed only when the caller gives no AP.
+Evaluate = Callable[[], RankResult]
 
 
 # ---------------------------------------------------------------------------------------------- CMC
@@ -57,21 +59,22 @@ def plot_cmc(curves: Mapping[str, Sequence[float]], path: str | Path, title: str
     """Draw CMC curves (fractions in [0, 1], index 0 = rank 1) as a PNG; one line per label, R1 in the legend."""
     if not curves:
         raise ReIDError(f"No CMC curve to plot into {path}.")
-    if max_rank < 1:
-        raise ReIDError(f"max_rank must be at least 1, got {max_rank}.")
+    if isinstance(max_rank, bool) or not isinstance(max_rank, numbers.Integral) or max_rank < 1:
+        raise ReIDError(f"max_rank must be an integer of at least 1, got {max_rank!r}.")
     fig = Figure(figsize=(7, 5), dpi=120)
     FigureCanvasAgg(fig)  # render with Agg whatever backend pyplot may be using
     ax = fig.add_subplot()
-    lowest = 100.0
+    lowest, longest = 100.0, 1
     for label, cmc in curves.items():
-        values = 100 * np.asarray(cmc, dtype=float)[:max_rank]
-        if values.size == 0 or not np.all(np.isfinite(values)) or values.min() < 0 or values.max() > 100 + 1e-6:
+        values = 100 * _cmc_values(cmc, f"CMC curve '{label}' for {path}")[:max_rank]
+        if values.min() < 0 or values.max() > 100 + 1e-6:
             raise ReIDError(f"CMC curve '{label}' for {path} must be a non-empty list of fractions in [0, 1].")
-        lowest = min(lowest, float(values.min()))
+        lowest, longest = min(lowest, float(values.min())), max(longest, values.size)
         ax.plot(np.arange(1, values.size + 1), values, marker="o", markersize=3, linewidth=1.8,
                 label=f"{label} (R1 {values[0]:.1f}%)")
-    ax.set_xlim(0.5, max_rank + 0.5)
-    ax.set_xticks(sorted({1, max_rank, *range(5, max_rank + 1, 5)}))
+    last = min(max_rank, longest)  # the axis ends with the longest curve, not past it
+    ax.set_xlim(0.5, last + 0.5)
+    ax.set_xticks(sorted({1, last, *range(5, last + 1, 5)}))
     ax.set_ylim(max(0.0, 10 * math.floor((lowest - 5) / 10)), 101)
     ax.set_xlabel("rank", fontsize=12)
     ax.set_ylabel("matching rate (%)", fontsize=12)
@@ -133,7 +136,19 @@ def _cmc_of(row: object, file: Path, name: str) -> Sequence[float]:
     cmc = row.get("cmc") if isinstance(row, dict) else None
     if not cmc:
         raise ReIDError(f"{file} has no 'cmc' curve for {name}: re-run tools/test.py to write it.")
+    _cmc_values(cmc, f"The 'cmc' curve for {name} in {file}")
     return cmc
+
+
+def _cmc_values(cmc: object, what: str) -> np.ndarray:
+    """``cmc`` as a non-empty 1-D float array of finite values, or a ReIDError naming ``what``."""
+    try:
+        values = np.asarray(cmc, dtype=float)
+    except (TypeError, ValueError):
+        values = None
+    if values is None or values.ndim != 1 or values.size == 0 or not np.all(np.isfinite(values)):
+        raise ReIDError(f"{what} must be a non-empty list of fractions in [0, 1], got {str(cmc)[:80]}.")
+    return values
 
 
 # ------------------------------------------------------------------------------------- ranked lists
@@ -155,12 +170,18 @@ def save_ranked_lists(distmat, q_paths: Sequence[str], g_paths: Sequence[str], q
 
     ``mode``: "worst" (lowest AP first), "best" (highest first) or "random" (seeded). ``ap`` and
     ``query_indices`` are the evaluator's per-query AP and the queries it belongs to (those with a true
-    match); without them AP is computed here. ``distmat`` and the label arrays may be numpy or torch.
-    Returns the written files, ``q{n:03d}_{query name}.jpg`` in selection order.
+    match); without them the evaluator (:func:`reid.evaluation.rank.evaluate_rank`) computes them.
+    ``distmat`` and the label arrays may be numpy or torch. Returns the written files,
+    ``q{n:03d}_{query name}.jpg`` in selection order.
     """
-    dist = _to_numpy(distmat)
-    return _save_ranked_lists(lambda idx: dist[idx], dist.shape, q_paths, g_paths, q_pids, g_pids, q_camids,
-                              g_camids, out_dir, num_queries, mode, topk, ap, query_indices, seed)
+    # Ranked in float32, as the evaluator compares distances, so the drawn order agrees with its AP.
+    dist = _to_numpy(distmat).astype(np.float32, copy=False)
+
+    def evaluate() -> RankResult:
+        return evaluate_rank(distmat, q_pids, g_pids, q_camids, g_camids, max_rank=1)
+
+    return _save_ranked_lists(lambda idx: dist[idx], dist.shape, evaluate, q_paths, g_paths, q_pids, g_pids,
+                              q_camids, g_camids, out_dir, num_queries, mode, topk, ap, query_indices, seed)
 
 
 def save_ranked_lists_from_features(qf, gf, q_paths: Sequence[str], g_paths: Sequence[str], q_pids, g_pids,
@@ -170,45 +191,46 @@ def save_ranked_lists_from_features(qf, gf, q_paths: Sequence[str], g_paths: Seq
     """:func:`save_ranked_lists` from features, computing distance rows only for the queries it needs.
 
     ``metric``: "cosine" (1 - cosine similarity) or "euclidean"; ``normalize`` L2-normalises features first
-    (pass the evaluator's TEST.FEAT_NORM so euclidean rankings match its AP). Rows are computed on the
-    features' device; without ``ap`` the worst/best modes compute every query's AP in blocks of rows.
+    (pass the evaluator's TEST.METRIC and TEST.FEAT_NORM). The distances are the evaluator's own
+    (:class:`reid.evaluation.rank.FeatureDistances`, bit for bit), so the drawn order agrees with its AP
+    even in near ties; rows are computed only for the drawn queries, on the features' device. Without
+    ``ap``, :func:`reid.evaluation.rank.evaluate_features` computes it.
     """
     if metric not in METRICS:
         raise ReIDError(f"Unknown metric '{metric}' for ranked lists: use one of {', '.join(METRICS)}.")
-    qf = torch.as_tensor(qf).float()
-    gf = torch.as_tensor(gf).to(qf.device).float()
-    if normalize or metric == "cosine":
-        qf, gf = torch.nn.functional.normalize(qf, dim=1), torch.nn.functional.normalize(gf, dim=1)
+    distances = FeatureDistances(qf, gf, metric, normalize)
 
-    def rows(idx: np.ndarray) -> np.ndarray:
-        q = qf[torch.as_tensor(idx, device=qf.device)]
-        d = 1 - q @ gf.T if metric == "cosine" else torch.cdist(q, gf)
-        return d.cpu().numpy()
+    def evaluate() -> RankResult:
+        return evaluate_features(qf, gf, q_pids, g_pids, q_camids, g_camids, metric=metric, max_rank=1,
+                                 normalize=normalize)
 
-    return _save_ranked_lists(rows, (qf.shape[0], gf.shape[0]), q_paths, g_paths, q_pids, g_pids, q_camids,
-                              g_camids, out_dir, num_queries, mode, topk, ap, query_indices, seed)
+    return _save_ranked_lists(lambda idx: distances.rows(idx).cpu().numpy(), distances.shape, evaluate, q_paths,
+                              g_paths, q_pids, g_pids, q_camids, g_camids, out_dir, num_queries, mode, topk, ap,
+                              query_indices, seed)
 
 
-def _save_ranked_lists(rows: DistanceRows, shape: tuple[int, int], q_paths, g_paths, q_pids, g_pids, q_camids,
-                       g_camids, out_dir, num_queries: int, mode: str, topk: int, ap, query_indices,
-                       seed: int) -> list[Path]:
+def _save_ranked_lists(rows: DistanceRows, shape: tuple[int, int], evaluate: Evaluate, q_paths, g_paths, q_pids,
+                       g_pids, q_camids, g_camids, out_dir, num_queries: int, mode: str, topk: int, ap,
+                       query_indices, seed: int) -> list[Path]:
     if mode not in MODES:
         raise ReIDError(f"Unknown ranked-list mode '{mode}': use one of {', '.join(MODES)}.")
     q_pids, g_pids, q_camids, g_camids = (_to_numpy(a) for a in (q_pids, g_pids, q_camids, g_camids))
     sizes = {"query paths": len(q_paths), "query pids": len(q_pids), "query camids": len(q_camids)}
     g_sizes = {"gallery paths": len(g_paths), "gallery pids": len(g_pids), "gallery camids": len(g_camids)}
     if set(sizes.values()) != {shape[0]} or set(g_sizes.values()) != {shape[1]}:
-        raise ValueError(f"Distances are {shape[0]} x {shape[1]} but got {sizes} and {g_sizes}.")
+        raise ReIDError(f"Ranked lists: the distances are {shape[0]} x {shape[1]} but got {sizes} and "
+                        f"{g_sizes}; paths, ids and features must come from the same query/gallery split.")
     protocol = _Protocol(g_pids, g_camids)
-    chosen = _choose_queries(rows, protocol, q_pids, q_camids, num_queries, mode, ap, query_indices, seed)
+    if ap is None and not any(protocol.has_match(p, c) for p, c in zip(q_pids.tolist(), q_camids.tolist())):
+        logger.warning(f"No query has a true match in the gallery: no ranked list drawn in {out_dir}.")
+        return []
+    chosen = _choose_queries(evaluate, num_queries, mode, ap, query_indices, seed)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
     for n, (qi, q_ap) in enumerate(chosen, start=1):
         dist_row = rows(np.array([qi]))[0]
         order = protocol.ranking(dist_row, q_pids[qi], q_camids[qi])
-        if q_ap is None:
-            q_ap = _average_precision(g_pids[order] == q_pids[qi])
         results = [(g_paths[gi], float(dist_row[gi]), bool(g_pids[gi] == q_pids[qi]), g_pids[gi], g_camids[gi])
                    for gi in order[:topk]]
         picture = _render(q_paths[qi], q_ap, q_pids[qi], q_camids[qi], results, topk)
@@ -220,7 +242,10 @@ def _save_ranked_lists(rows: DistanceRows, shape: tuple[int, int], q_paths, g_pa
 
 
 class _Protocol:
-    """The standard ReID ranking: a query never sees gallery images of its own identity from its own camera."""
+    """The standard ReID ranking: a query never sees gallery images of its own identity from its own camera.
+
+    Only what drawing needs (the ordered list of one query); AP always comes from the evaluator.
+    """
 
     def __init__(self, g_pids: np.ndarray, g_camids: np.ndarray):
         self.g_pids, self.g_camids = g_pids, g_camids
@@ -236,46 +261,39 @@ class _Protocol:
         return kept[np.argsort(dist_row[kept], kind="stable")]
 
 
-def _choose_queries(rows: DistanceRows, protocol: _Protocol, q_pids, q_camids, num_queries: int, mode: str, ap,
-                    query_indices, seed: int) -> list[tuple[int, float | None]]:
-    """``(query index, AP or None)`` in drawing order; AP None means "compute it when drawing"."""
-    if ap is not None:
+def _choose_queries(evaluate: Evaluate, num_queries: int, mode: str, ap, query_indices,
+                    seed: int) -> list[tuple[int, float]]:
+    """``(query index, AP)`` in drawing order, from the given AP or from ``evaluate()``."""
+    if ap is None:
+        result = evaluate()
+        ap, candidates = result.AP, result.query_indices
+    else:
         ap = _to_numpy(ap).astype(float)
         candidates = np.arange(len(ap)) if query_indices is None else _to_numpy(query_indices).astype(int)
         if len(candidates) != len(ap):
-            raise ValueError(f"ap has {len(ap)} entries but query_indices has {len(candidates)}.")
+            raise ReIDError(f"Ranked lists: ap has {len(ap)} entries but query_indices has {len(candidates)}; "
+                            "pass both from the same RankResult.")
         valid = np.isfinite(ap)  # NaN marks a query without a match when AP covers every query
         candidates, ap = candidates[valid], ap[valid]
-    else:
-        candidates = np.array([i for i in range(len(q_pids)) if protocol.has_match(q_pids[i], q_camids[i])], int)
-        if mode != "random":  # ordering by AP needs every candidate's AP
-            ap = np.concatenate([
-                [_average_precision(protocol.g_pids[protocol.ranking(row, q_pids[i], q_camids[i])] == q_pids[i])
-                 for i, row in zip(block, rows(block))]
-                for block in np.array_split(candidates, max(1, math.ceil(len(candidates) / _AP_CHUNK)))])
     count = min(num_queries, len(candidates))
     if mode == "random":
         picked = np.random.default_rng(seed).choice(len(candidates), size=count, replace=False)
     else:
         picked = np.argsort(ap if mode == "worst" else -ap, kind="stable")[:count]
-    return [(int(candidates[p]), None if ap is None else float(ap[p])) for p in picked]
-
-
-def _average_precision(matches: np.ndarray) -> float:
-    hits = np.flatnonzero(matches)
-    return float(np.mean(np.arange(1, hits.size + 1) / (hits + 1))) if hits.size else float("nan")
+    return [(int(candidates[p]), float(ap[p])) for p in picked]
 
 
 def _render(q_path: str, q_ap: float, q_pid, q_camid, results: list, topk: int) -> np.ndarray:
     canvas = np.full((*canvas_size(topk), 3), BACKGROUND_COLOR, np.uint8)
-    _draw_cell(canvas, 0, q_path, QUERY_COLOR, f"AP {100 * q_ap:.1f}%", f"q id{q_pid} c{q_camid}")
+    draw_cell(canvas, 0, q_path, QUERY_COLOR, f"AP {100 * q_ap:.1f}%", f"q id{q_pid} c{q_camid}")
     for position, (path, dist, is_match, pid, camid) in enumerate(results, start=1):
         color = MATCH_COLOR if is_match else MISMATCH_COLOR
-        _draw_cell(canvas, position, path, color, f"{dist:.3f}", f"id{pid} c{camid}")
+        draw_cell(canvas, position, path, color, f"{dist:.3f}", f"id{pid} c{camid}")
     return canvas
 
 
-def _draw_cell(canvas: np.ndarray, position: int, path: str, color: tuple, line1: str, line2: str) -> None:
+def draw_cell(canvas: np.ndarray, position: int, path: str, color: tuple, line1: str, line2: str) -> None:
+    """Draw one framed image with two lines of text into ``canvas``; an unreadable image becomes a placeholder."""
     x, y = cell_origin(position)
     canvas[y:y + CELL_HEIGHT, x:x + CELL_WIDTH] = color
     inner = (CELL_HEIGHT - 2 * FRAME, CELL_WIDTH - 2 * FRAME)

@@ -24,7 +24,7 @@ from reid.evaluation.visualize import (
     QUERY_COLOR,
     canvas_size,
 )
-from reid.evaluation.visualize import _draw_cell as draw_cell  # the ranked lists' cell, placeholder included
+from reid.evaluation.visualize import draw_cell  # the ranked lists' cell, placeholder included
 from reid.export.image_files import UNKNOWN, parse_identity
 from reid.export.search import SearchResult
 from reid.utils.errors import ReIDError
