@@ -242,12 +242,18 @@ def rerank_parity(args, device: torch.device, rows: list[list[str]], sizes: list
     expected = re_ranking_reference(qf.cpu().numpy(), gf.cpu().numpy())
     t_ref = time.perf_counter() - start
     t_small, actual = median_time(lambda: re_ranking(qf, gf), args.repeats, device)
-    diff = float(np.abs(actual.cpu().numpy() - expected).max())
+    difference = np.abs(actual.cpu().numpy() - expected)
+    diff = float(difference.max())
+    # Two float32 implementations round the distance products differently: a near-tie (about 1e-7
+    # apart) in one image's neighbour list can flip its order and move the Jaccard term of the
+    # entries that share that image; the count of such entries says whether that is all it is.
+    moved = int((difference > 1e-4).sum())
     dense = evaluate_rank(actual, *ids)
     bounded = evaluate_reranked(qf, gf, *ids)
     same = np.array_equal(dense.AP, bounded.AP) and np.array_equal(dense.cmc, bounded.cmc)
     rows.append([small.name, "re_ranking (dense result, k1=20, k2=6, lambda=0.3)", f"{t_small:.2f} s", "",
-                 f"numpy reference (dense) {t_ref:.1f} s; max difference {diff:.1e}; evaluate_reranked gives "
+                 f"numpy reference (dense) {t_ref:.1f} s; max difference {diff:.1e}, entries differing by more than "
+                 f"1e-4: {moved} of {difference.size:,}; evaluate_reranked gives "
                  f"identical per-query AP and CMC to evaluate_rank(re_ranking(...)): {same}"])
 
 
