@@ -12,7 +12,6 @@ import torch
 import torch.nn.functional as F
 import torchvision
 from torch import nn
-from torch.overrides import TorchFunctionMode
 from torchvision.transforms import v2
 
 from reid.config import load_config
@@ -27,6 +26,7 @@ from reid.modeling.regularizers import (
     build_regularizer,
 )
 from reid.utils.errors import ConfigError, ReIDError
+from tests.test_lfm import CountTorchCalls
 
 NAMES = ["none", "lfm", "dropout", "spatial_dropout", "dropblock"]
 TRAIN_KWARGS = {"none": {}, "lfm": {"prob": 1.0}, "dropout": {"p": 0.3}, "spatial_dropout": {"p": 0.3},
@@ -115,18 +115,6 @@ def test_dropblock_block_larger_than_map_is_clipped():
     per_map = (y == 0).flatten(2)
     assert torch.equal(per_map.all(2), per_map.any(2))  # the clipped block covers the whole 4x3 map
     assert per_map.any()
-
-
-class CountTorchCalls(TorchFunctionMode):
-    """Counts every torch function and tensor method called while the mode is active (as in test_lfm.py)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.calls = 0
-
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        self.calls += 1
-        return func(*args, **(kwargs or {}))
 
 
 def count_calls(module: nn.Module, x: torch.Tensor) -> int:

@@ -200,16 +200,9 @@ def evaluate_features(
 
     fixed_bytes = _BYTES_PER_GALLERY_ITEM * num_g + _BYTES_PER_QUERY * num_q + distances.fixed_bytes
     rows_per_block, chunk_budget = _split_budget(budget, fixed_bytes, distances.block_row_bytes, num_q, device)
-    buffer = torch.empty((rows_per_block, num_g), device=device)
     block_bytes = fixed_bytes + rows_per_block * distances.block_row_bytes
-    rank_cost = ids.rank_cost(0)
-    acc = _MetricAccumulator(num_q, device)
-    for start in range(0, num_q, rows_per_block):
-        end = min(start + rows_per_block, num_q)
-        block = distances.block(slice(start, end), out=buffer)
-        for first, last in _row_blocks(rank_cost[start:end], chunk_budget):
-            acc.add(start + first, *_true_match_ranks(block[first:last], ids, start + first, start + last))
-            tracker.account(block_bytes + int(rank_cost[start + first:start + last].sum()))
+    acc = _rank_blocks(lambda start, end, out: distances.block(slice(start, end), out=out), ids, rows_per_block,
+                       chunk_budget, block_bytes, tracker)
     return acc.result(max_rank, peak_memory_bytes=tracker.peak())
 
 
@@ -566,6 +559,24 @@ def _fill_rows(out: torch.Tensor, compute: Callable[[int, int, torch.Tensor], to
     if aligned < num_rows:
         out[aligned:] = compute(aligned, num_rows, torch.empty((_GEMM_ROWS, out.shape[1]), device=out.device))
     return out
+
+
+def _rank_blocks(compute: Callable[[int, int, torch.Tensor], torch.Tensor], ids: _Identities, rows_per_block: int,
+                 chunk_budget: int, block_bytes: int, tracker: _PeakMemory) -> _MetricAccumulator:
+    """Rank every query block by block: ``compute(start, end, buffer)`` returns the distances of queries
+    ``start:end`` (written into ``buffer``, ``rows_per_block`` rows); each block is ranked in chunks of
+    ``chunk_budget`` working bytes. ``block_bytes`` is what is alive besides the ranking chunks."""
+    num_q, num_g = ids.q_pids.numel(), ids.num_gallery
+    buffer = torch.empty((rows_per_block, num_g), device=ids.q_pids.device)
+    rank_cost = ids.rank_cost(0)
+    acc = _MetricAccumulator(num_q, ids.q_pids.device)
+    for start in range(0, num_q, rows_per_block):
+        end = min(start + rows_per_block, num_q)
+        block = compute(start, end, buffer)
+        for first, last in _row_blocks(rank_cost[start:end], chunk_budget):
+            acc.add(start + first, *_true_match_ranks(block[first:last], ids, start + first, start + last))
+            tracker.account(block_bytes + int(rank_cost[start + first:start + last].sum()))
+    return acc
 
 
 def _padded(num_rows: int) -> int:

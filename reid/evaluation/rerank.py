@@ -45,13 +45,12 @@ from reid.evaluation.rank import (
     _gallery_chunk_rows,
     _Identities,
     _memory_budget,
-    _MetricAccumulator,
     _ordered_keys,
     _padded,
+    _rank_blocks,
     _PeakMemory,
     _row_blocks,
     _split_budget,
-    _true_match_ranks,
 )
 from reid.utils.errors import ReIDError
 
@@ -145,18 +144,11 @@ def evaluate_reranked(
     tracker = _PeakMemory(device)
     reranker = _KReciprocal(query, gallery, device, k1, k2, lambda_value, budget, tracker)
 
-    rank_cost = ids.rank_cost(0)
     rows, chunk_budget = _split_budget(budget, reranker.fixed_bytes, reranker.block_row_bytes, num_q, device)
     join_budget = _chunk_budget(device, chunk_budget, _CPU_CHUNK_BYTES)  # the Jaccard joins like cache-sized chunks
-    buffer = torch.empty((rows, num_g), device=device)
     block_bytes = reranker.fixed_bytes + rows * reranker.block_row_bytes
-    acc = _MetricAccumulator(num_q, device)
-    for start in range(0, num_q, rows):
-        end = min(start + rows, num_q)
-        block = reranker.block(start, end, buffer, join_budget)
-        for first, last in _row_blocks(rank_cost[start:end], chunk_budget):
-            acc.add(start + first, *_true_match_ranks(block[first:last], ids, start + first, start + last))
-            tracker.account(block_bytes + int(rank_cost[start + first:start + last].sum()))
+    acc = _rank_blocks(lambda start, end, out: reranker.block(start, end, out, join_budget), ids, rows,
+                       chunk_budget, block_bytes, tracker)
     return acc.result(max_rank, peak_memory_bytes=tracker.peak())
 
 

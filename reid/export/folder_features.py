@@ -13,7 +13,6 @@ are not read at all; their number is reported (``FolderFeatures.others``).
 
 from __future__ import annotations
 
-import os
 import sys
 import time
 from collections.abc import Callable
@@ -24,7 +23,7 @@ from typing import TextIO
 import numpy as np
 
 from reid.export.extractor import FeatureExtractor
-from reid.export.image_files import describe_others, parse_identity, scan_images
+from reid.export.image_files import check_writable_file, describe_others, parse_identity, scan_images
 from reid.utils.errors import DatasetError, ReIDError
 
 ProgressCallback = Callable[[int, int], None]  # (images done, total)
@@ -103,13 +102,7 @@ def check_output_path(path: str | Path) -> Path:
     path = Path(path)
     if path.is_dir():
         raise ReIDError(f"Output {path} is a folder; give a file name such as {path / 'features.npz'}.")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise ReIDError(f"Cannot create the folder of {path}: {exc.strerror or exc}.") from exc
-    if not os.access(path.parent, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
-        raise ReIDError(f"Cannot write {path}: the file or its folder is not writable.")
-    return path
+    return check_writable_file(path)
 
 
 class ProgressPrinter:

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from reid.data.datasets.base import IMAGE_SUFFIXES, describe_folder
-from reid.utils.errors import DatasetError
+from reid.utils.errors import DatasetError, ReIDError
 
 UNKNOWN = -1  # pid / camid of a file name that follows no known convention
 
@@ -77,3 +77,15 @@ def parse_identity(name: str | os.PathLike) -> tuple[int, int]:
         if match:
             return int(match[1]), int(match[2]) - 1
     return UNKNOWN, UNKNOWN
+
+
+def check_writable_file(path: Path) -> Path:
+    """``path`` if a file can be written there (its folder exists or can be made, and is writable), else a
+    ReIDError; run before the work whose results it will hold, so minutes of extraction are not lost."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ReIDError(f"Cannot create the folder of {path}: {exc.strerror or exc}.") from exc
+    if not os.access(path.parent, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        raise ReIDError(f"Cannot write {path}: the file or its folder is not writable.")
+    return path

@@ -9,7 +9,6 @@ match's file names both follow a dataset convention, the match is framed in gree
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -25,7 +24,7 @@ from reid.evaluation.visualize import (
     canvas_size,
 )
 from reid.evaluation.visualize import draw_cell  # the ranked lists' cell, placeholder included
-from reid.export.image_files import UNKNOWN, parse_identity
+from reid.export.image_files import UNKNOWN, check_writable_file, parse_identity
 from reid.export.search import SearchResult
 from reid.utils.errors import ReIDError
 
@@ -39,13 +38,7 @@ def check_picture_path(path: str | Path) -> Path:
     path = Path(path)
     if path.suffix.lower() not in PICTURE_SUFFIXES or path.is_dir():
         raise ReIDError(f"Cannot draw into {path}: give a file name ending in {', '.join(PICTURE_SUFFIXES)}.")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise ReIDError(f"Cannot create the folder of {path}: {exc.strerror or exc}.") from exc
-    if not os.access(path.parent, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
-        raise ReIDError(f"Cannot write {path}: the file or its folder is not writable.")
-    return path
+    return check_writable_file(path)
 
 
 def draw_search_results(results: Sequence[SearchResult], path: str | Path) -> Path:
