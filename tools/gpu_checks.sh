@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# Everything only a GPU can show, in one run: the CUDA tests, the evaluator and re-ranking timings
+# (Market, MSMT17, 10,000 x 1,000,000 fp16) and LFM's share of a bf16/channels_last training step.
+# About 5-8 minutes on one H200; each stage has its own time limit so one hang cannot eat the rest.
+#
+#   python3 -m pip download --no-deps --only-binary=:all: -d .whl yacs==0.1.8   # once; .whl/ is ignored
+#   bash tools/gpu_checks.sh            # on the GPU machine, with .whl carried along
+#
+# Logs go to $OUT (the device tool's result folder) or ./gpu_checks/; the figures they print are what
+# BENCHMARKS.md's GPU rows are filled from. Runs from a checkout without installing the package.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-gpu_checks}
+mkdir -p "$OUT"
+PY=${PYTHON:-python3}
+
+if ! $PY -c "import yacs" 2>/dev/null; then
+    ls .whl/yacs-*.whl >/dev/null 2>&1 || { echo "yacs is missing and no .whl/yacs-*.whl was carried"; exit 2; }
+    $PY -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/yacs-*.whl || exit 2
+    export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
+fi
+export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
+
+status=0
+stage() {  # stage NAME SECONDS COMMAND...: run one stage, log it, remember a failure, carry on
+    local name=$1 limit=$2; shift 2
+    echo "=== $name (limit ${limit}s): $*"
+    local start=$SECONDS
+    timeout "$limit" "$@" 2>&1 | tee "$OUT/$name.log"
+    local rc=${PIPESTATUS[0]}
+    echo "=== $name: exit $rc after $((SECONDS - start)) s"
+    [ "$rc" -eq 0 ] || status=1
+}
+
+{ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+  $PY -c "import torch, torchvision, timm; print('torch', torch.__version__, 'cuda', torch.version.cuda,
+          'torchvision', torchvision.__version__, 'timm', timm.__version__)"; } 2>&1 | tee "$OUT/machine.log"
+
+stage cuda_tests 240 $PY -m pytest -q -m cuda -p no:cacheprovider -o addopts="-ra"
+stage benchmark_eval 300 $PY tools/benchmark_eval.py --device cuda --sizes tiny,market,msmt,large --rerank
+stage benchmark_lfm 120 $PY tools/benchmark_lfm.py --device cuda
+exit $status
