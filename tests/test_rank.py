@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -344,6 +346,80 @@ def test_full_matrix_is_never_built_when_queries_exceed_the_block_cap(monkeypatc
     assert buffers == [rank._MAX_BLOCK_ROWS, rank._MAX_BLOCK_ROWS]
 
 
+@pytest.mark.parametrize("metric", ["cosine", "euclidean"])
+def test_gallery_chunks_when_whole_rows_do_not_fit(monkeypatch, metric):
+    # Gallery chunks of 48 images (the last one ragged), a budget far below 16 whole gallery rows, many
+    # exact duplicates: the gallery-chunked ranking gives the very numbers of the whole-row path.
+    monkeypatch.setattr(rank, "_MAX_GALLERY_CHUNK_ROWS", 48)
+    rng = np.random.default_rng(15)
+    base = rng.standard_normal((9, 20)).astype(np.float32)
+    gf = base[rng.integers(0, 9, 500)] + (rng.random((500, 1)) < 0.5) * rng.standard_normal((500, 20)).astype(
+        np.float32)
+    qf = np.concatenate([rng.standard_normal((40, 20)).astype(np.float32), base[:4]])
+    ids = rng.integers(0, 6, 44) + 1, rng.integers(0, 7, 500), rng.integers(0, 3, 44), rng.integers(0, 3, 500)
+    used = []
+    original = rank.FeatureDistances.column_chunks
+
+    def recording_column_chunks(self, rows, buffer):
+        for first, dist in original(self, rows, buffer):
+            used.append((rows.start, first, dist.shape))
+            yield first, dist
+
+    monkeypatch.setattr(rank.FeatureDistances, "column_chunks", recording_column_chunks)
+    for gallery in (gf, torch.from_numpy(gf).half()):  # multiplied in place, or converted chunk by chunk
+        expected = evaluate_rank(compute_distance_matrix(qf, gallery, metric), *ids)
+        reference = evaluate_rank_reference(compute_distance_matrix(qf, gallery, metric).numpy(), *ids)
+        used.clear()
+        result = evaluate_features(qf, gallery, *ids, metric=metric, memory_budget_bytes=60_000)
+        assert {shape[1] for _, _, shape in used} == {48, 500 % 48}  # every chunk, the ragged last one too
+        assert len({start for start, _, _ in used}) == 3  # 44 queries in blocks of 16 rows
+        assert len(used) == 2 * 3 * 11  # two passes over 11 chunks per block
+        for field in ("AP", "INP", "cmc", "query_indices"):
+            np.testing.assert_array_equal(getattr(result, field), getattr(expected, field))
+        assert_matches_reference(result, reference, 50)
+
+
+@pytest.mark.slow
+def test_gallery_chunked_memory_does_not_grow_with_the_gallery(tmp_path):
+    # Measured, not accounted: the resident-set high-water mark of a fresh process while it evaluates a
+    # 400,000-image gallery under a 16 MiB budget. 16 whole rows of distances and their ranking keys
+    # would take over 150 MiB; the gallery-chunked path needs the budget plus ~50 bytes per image.
+    script = tmp_path / "measure.py"
+    script.write_text(
+        "import sys, numpy as np, torch\n"
+        "from reid.evaluation import evaluate_features\n"
+        "torch.set_num_threads(1)\n"
+        "rng = np.random.default_rng(0)\n"
+        "num_g = 400_000\n"
+        "qf = rng.standard_normal((40, 8)).astype(np.float32)\n"
+        "gf = rng.standard_normal((num_g, 8)).astype(np.float32)\n"
+        "ids = (rng.integers(1, 50, 40), rng.integers(0, 50, num_g),\n"
+        "       rng.integers(0, 4, 40), rng.integers(0, 4, num_g))\n"
+        "evaluate_features(qf[:16], gf[:4096], *[i[:16] if len(i) == 40 else i[:4096] for i in ids],\n"
+        "                  memory_budget_bytes=16 * 2**20)  # warm up the code paths\n"
+        "def status(key):\n"
+        "    for line in open('/proc/self/status'):\n"
+        "        if line.startswith(key): return int(line.split()[1]) * 1024\n"
+        "try:\n"
+        "    open('/proc/self/clear_refs', 'w').write('5')  # reset the high-water mark to the current RSS\n"
+        "except OSError:\n"
+        "    sys.exit(3)\n"
+        "before = status('VmRSS:')\n"
+        "result = evaluate_features(qf, gf, *ids, memory_budget_bytes=16 * 2**20)\n"
+        "print(status('VmHWM:') - before, result.peak_memory_bytes)\n")
+    import os
+    import subprocess
+    import sys
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, env=env, timeout=300)
+    if done.returncode == 3 or not Path("/proc/self/clear_refs").exists():
+        pytest.skip("this kernel cannot reset the resident-set high-water mark")
+    assert done.returncode == 0, done.stderr
+    growth, accounted = map(int, done.stdout.split())
+    assert growth < 64 * 2**20, f"RSS grew by {growth / 2**20:.0f} MiB"
+    assert accounted < 64 * 2**20
+
+
 def test_numpy_views_with_negative_strides_are_accepted():
     rng = np.random.default_rng(14)
     distmat, *ids = random_problem(rng, ties=False)
@@ -379,6 +455,19 @@ def test_invalid_inputs_say_why(bad, message):
     args.update(bad)
     with pytest.raises(ReIDError, match=message):
         evaluate_rank(**args)
+
+
+def test_empty_sets_and_overflowing_features_are_refused():
+    with pytest.raises(ReIDError, match="query set is empty"):
+        evaluate_rank(np.zeros((0, 3), np.float32), [], [1, 2, 3], [], [0, 0, 0])
+    with pytest.raises(ReIDError, match="gallery is empty"):
+        evaluate_features(np.ones((2, 4), np.float32), np.ones((0, 4), np.float32), [1, 2], [], [0, 0], [])
+    # A float32 norm of 1e20 overflows; cosine distances would silently all become 1.
+    qf = np.array([[1e20, 1.0]], np.float32)
+    gf = np.array([[0.0, 1.0], [1e20, 0.0]], np.float32)
+    for metric in ("cosine", "euclidean"):
+        with pytest.raises(ReIDError, match="norm overflows"):
+            evaluate_features(qf, gf, [1], [2, 1], [0], [1, 1], metric=metric)
 
 
 @CUDA

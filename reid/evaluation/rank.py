@@ -64,6 +64,9 @@ _MAX_BLOCK_ROWS = 1024
 # never derived from the budget, so that the products' shapes do not depend on it. A chunk that must
 # change dtype or device, and the zero-padded last chunk, are copied into a buffer of at most this size.
 _GALLERY_CHUNK_BYTES = 32 * 2**20
+# ... and at most this many rows, so that a block of distances to one chunk stays small for narrow
+# features too (it bounds the working set of the gallery-chunked ranking, see _rank_gallery_chunks).
+_MAX_GALLERY_CHUNK_ROWS = 16384
 # On CPU, ranks are computed on chunks of queries using about this much working memory whatever the
 # budget: fastest on Market- and MSMT-sized problems on a 2-core CPU (smaller chunks pay per-chunk
 # overhead, larger ones fall out of cache and pay page faults on every fresh allocation).
@@ -79,6 +82,9 @@ _BYTES_PER_IDENTITY_PAIR = 40
 # counted by FeatureDistances.fixed_bytes.
 _BYTES_PER_GALLERY_ITEM = 4 * 8
 _BYTES_PER_QUERY = 4 * 8 + 4 * 8
+# Working bytes per (query, gallery) entry of the gallery-chunked ranking: the float32 distance, its
+# int64 key, the sign temporary of a general key and the int64 searchsorted result.
+_CHUNKED_BYTES_PER_ENTRY = 4 + 3 * 8
 _KEY_SENTINEL = torch.iinfo(torch.int64).max
 # Sort only the candidate images (those not farther than a query's hardest true match) when they are
 # at most 1/_SPARSE_CANDIDATE_FACTOR of the block: on CPU, sorting costs about ten times more per
@@ -184,10 +190,13 @@ def evaluate_features(
 
     Memory: one block of at most 1,024 query rows is alive at a time (so the full query x gallery
     matrix is never built when there are more queries), sized so that all buffers stay under
-    ``memory_budget_bytes`` (default: 256 MiB on CPU, half the free memory on CUDA). A block holds at
-    least 16 rows, a query is ranked whole and the gallery is converted in fixed chunks of up to 32 MiB,
-    so the bound is max(budget, about 32 MiB + 130 bytes x gallery size + 72 bytes x queries).
-    ``peak_memory_bytes`` reports what was used; on CUDA it resets the device's peak-memory statistics.
+    ``memory_budget_bytes`` (default: 256 MiB on CPU, half the free memory on CUDA). When even 16 whole
+    gallery rows do not fit, the gallery is split too: each block of queries is ranked against fixed
+    gallery chunks of at most 16,384 images, in two passes over the chunks (the true matches' distances,
+    then every image's place among them), so the working set no longer grows with the gallery. What
+    remains proportional to it is bookkeeping, 48 bytes per gallery image (its ids, norm and order),
+    and the gallery conversion buffer (at most 32 MiB). ``peak_memory_bytes`` reports what was used; on
+    CUDA it resets the device's peak-memory statistics.
     """
     metric = _check_metric(metric)
     query, gallery, device = _feature_tensors(qf, gf)
@@ -199,10 +208,15 @@ def evaluate_features(
     distances = FeatureDistances(query, gallery, metric, normalize, device=device)
 
     fixed_bytes = _BYTES_PER_GALLERY_ITEM * num_g + _BYTES_PER_QUERY * num_q + distances.fixed_bytes
-    rows_per_block, chunk_budget = _split_budget(budget, fixed_bytes, distances.block_row_bytes, num_q, device)
-    block_bytes = fixed_bytes + rows_per_block * distances.block_row_bytes
-    acc = _rank_blocks(lambda start, end, out: distances.block(slice(start, end), out=out), ids, rows_per_block,
-                       chunk_budget, block_bytes, tracker)
+    smallest_whole_rows = fixed_bytes + _GEMM_ROWS * distances.block_row_bytes + int(ids.rank_cost(0).max())
+    if smallest_whole_rows <= budget:
+        rows_per_block, chunk_budget = _split_budget(budget, fixed_bytes, distances.block_row_bytes, num_q,
+                                                     device)
+        block_bytes = fixed_bytes + rows_per_block * distances.block_row_bytes
+        acc = _rank_blocks(lambda start, end, out: distances.block(slice(start, end), out=out), ids,
+                           rows_per_block, chunk_budget, block_bytes, tracker)
+    else:
+        acc = _rank_gallery_chunks(distances, ids, budget - fixed_bytes, fixed_bytes, tracker)
     return acc.result(max_rank, peak_memory_bytes=tracker.peak())
 
 
@@ -230,6 +244,9 @@ class _Identities:
     """
 
     def __init__(self, q_pids, g_pids, q_camids, g_camids, num_q: int, num_g: int, device: torch.device):
+        if num_q == 0 or num_g == 0:
+            raise ReIDError(f"The {'query set' if num_q == 0 else 'gallery'} is empty ({num_q} queries, "
+                            f"{num_g} gallery images): there is nothing to rank.")
         self.q_pids = _labels(q_pids, "q_pids", num_q, device)
         self.g_pids = _labels(g_pids, "g_pids", num_g, device)
         self.q_camids = _labels(q_camids, "q_camids", num_q, device)
@@ -461,8 +478,9 @@ class FeatureDistances:
 
     @property
     def fixed_bytes(self) -> int:
-        """Bytes held for the whole computation: per-row norms and scales, the gallery chunk buffer."""
-        return 4 * 2 * (self.query.shape[0] + self.gallery.shape[0]) + self._buffer_bytes
+        """Bytes held for the whole computation: per-row norms, scales and offsets, the gallery chunk
+        buffer."""
+        return 4 * 2 * self.query.shape[0] + 4 * 4 * self.gallery.shape[0] + self._buffer_bytes
 
     @property
     def block_row_bytes(self) -> int:
@@ -478,21 +496,45 @@ class FeatureDistances:
         queries rounded up to a multiple of 16 (the padding rows are scratch). Returns ``out``'s first
         ``len(rows)`` rows.
         """
-        scale, sq_norm = self.query_scale[_on(rows, self.device)], self.query_sq_norm[_on(rows, self.device)]
-        query = self._padded_rows(self.query[_on(rows, self.query.device)])
-        num = scale.shape[0]
-        if self.unit_norm:
-            query[:num] *= scale[:, None]
-        padded = query.shape[0]
+        query, sq_norm = self._query_rows(rows)
         for start, chunk in self._gallery_chunks():
             end = min(start + self.chunk_rows, self.gallery.shape[0])
-            part = out[:padded, start:end]
-            if chunk.shape[0] == end - start:
-                torch.mm(query, chunk.T, out=part)
-            else:  # the zero-padded last chunk
-                part.copy_(torch.mm(query, chunk.T)[:, :end - start])
-            torch.addcmul(self.offset[start:end], part, self.coef[start:end], out=part)
-        dist = out[:num]
+            self._chunk_distances(query, sq_norm, start, chunk, out[:query.shape[0], start:end])
+        return out[:sq_norm.shape[0]]
+
+    def column_chunks(self, rows: QueryRows, buffer: torch.Tensor) -> Iterator[tuple[int, torch.Tensor]]:
+        """``(first gallery index, distances)`` of the query ``rows`` to each fixed gallery chunk in turn.
+
+        The same numbers as :meth:`block`, bit for bit, a chunk at a time: ``buffer`` (float32 on
+        :attr:`device`, at least ``len(rows)`` rounded up to 16 rows and ``min(chunk_rows, num_gallery)``
+        columns) is overwritten by each chunk, so a yielded view is valid until the next one.
+        """
+        query, sq_norm = self._query_rows(rows)
+        for start, chunk in self._gallery_chunks():
+            width = min(self.chunk_rows, self.gallery.shape[0] - start)
+            yield start, self._chunk_distances(query, sq_norm, start, chunk, buffer[:query.shape[0], :width])
+
+    def _query_rows(self, rows: QueryRows) -> tuple[torch.Tensor, torch.Tensor]:
+        """The zero-padded (scaled) float32 query rows, and their squared norms (unpadded)."""
+        scale, sq_norm = self.query_scale[_on(rows, self.device)], self.query_sq_norm[_on(rows, self.device)]
+        query = self._padded_rows(self.query[_on(rows, self.query.device)])
+        if self.unit_norm:
+            query[:scale.shape[0]] *= scale[:, None]
+        return query, sq_norm
+
+    def _chunk_distances(self, query: torch.Tensor, sq_norm: torch.Tensor, start: int, chunk: torch.Tensor,
+                         part: torch.Tensor) -> torch.Tensor:
+        """Write the distances of the padded ``query`` rows to one gallery ``chunk`` (starting at gallery
+        index ``start``) into ``part``; returns the rows of real queries."""
+        end = start + part.shape[1]
+        if chunk.shape[0] == part.shape[1]:
+            torch.mm(query, chunk.T, out=part)
+        else:  # the zero-padded last chunk
+            part.copy_(torch.mm(query, chunk.T)[:, :part.shape[1]])
+        # Two separately rounded operations, not addcmul: a fused multiply-add in a vectorised loop and
+        # not in its scalar tail would make a distance depend on the layout of the buffer it lands in.
+        part.mul_(self.coef[start:end]).add_(self.offset[start:end])
+        dist = part[:sq_norm.shape[0]]
         if self.metric != "cosine":
             dist.add_(sq_norm[:, None])
         if self.metric == "euclidean":
@@ -515,6 +557,9 @@ class FeatureDistances:
         for start in range(0, features.shape[0], self.chunk_rows):
             chunk = features[start:start + self.chunk_rows].to(self.device, torch.float32)
             norm = torch.linalg.vector_norm(chunk, dim=1)  # a reduction: no chunk-sized temporary
+            if not bool(torch.isfinite(norm).all()):
+                raise ReIDError("A feature vector holds NaN or inf, or values too large for float32 (its norm "
+                                "overflows); check the model's output before evaluating.")
             scale = 1.0 / norm.clamp(min=1e-12) if self.unit_norm else torch.ones_like(norm)
             scales.append(scale)
             sq_norms.append((norm * scale) ** 2)
@@ -579,6 +624,58 @@ def _rank_blocks(compute: Callable[[int, int, torch.Tensor], torch.Tensor], ids:
     return acc
 
 
+def _rank_gallery_chunks(distances: FeatureDistances, ids: _Identities, available_bytes: int, fixed_bytes: int,
+                         tracker: _PeakMemory) -> _MetricAccumulator:
+    """Rank every query against the gallery one fixed gallery chunk at a time, for galleries so large
+    that even 16 whole rows of distances do not fit in the budget.
+
+    Per block of queries, a first pass over the chunks collects the ordered keys of the true matches
+    (the same keys as :func:`_true_match_ranks`); a second pass locates every gallery image among them
+    with ``searchsorted`` and accumulates the per-query histogram that gives the matches' ranks. The
+    distances are computed twice, in exactly the shapes of :meth:`FeatureDistances.block`, so the
+    results are bit-identical to the whole-row path.
+    """
+    num_q, num_g = distances.shape
+    device = distances.device
+    chunk_width = min(distances.chunk_rows, num_g)
+    widest = int(ids.span_count.max()) + 1  # bound on the true matches (+1 padding column) of a query
+    row_bytes = (_CHUNKED_BYTES_PER_ENTRY * chunk_width + 4 * distances.query.shape[1]
+                 + (2 * 8 + _BYTES_PER_IDENTITY_PAIR) * widest)
+    rows_per_block = _block_rows(available_bytes, row_bytes, num_q)
+    tracker.account(fixed_bytes + rows_per_block * row_bytes)
+    buffer = torch.empty((rows_per_block, chunk_width), device=device)
+    ones = torch.ones((), dtype=torch.int64, device=device)
+    acc = _MetricAccumulator(num_q, device)
+    for start in range(0, num_q, rows_per_block):
+        end = min(start + rows_per_block, num_q)
+        rows, cols = ids.same_identity_pairs(start, end)
+        same_camera = ids.q_camids[start:end][rows] == ids.g_camids[cols]
+        match_rows, match_cols = rows[~same_camera], cols[~same_camera]
+        junk_rows, junk_cols = rows[same_camera], cols[same_camera]
+        num_matches = torch.bincount(match_rows, minlength=end - start)
+        match_slot = _index_within_group(match_rows, num_matches)
+        match_keys = torch.full((end - start, int(num_matches.max()) + 1), _KEY_SENTINEL, dtype=torch.int64,
+                                device=device)
+        for first, dist in distances.column_chunks(slice(start, end), buffer):
+            if bool(torch.isnan(dist).any()):
+                raise ReIDError("The distances contain NaN; check the features (NaN/inf values) that "
+                                "produced them.")
+            here = (match_cols >= first) & (match_cols < first + dist.shape[1])
+            r, c = match_rows[here], match_cols[here]
+            match_keys[r, match_slot[here]] = _ordered_keys(dist[r, c - first], c, num_g, nonnegative=False)
+        match_keys = torch.sort(match_keys, dim=1).values
+        histogram = torch.zeros_like(match_keys)
+        for first, dist in distances.column_chunks(slice(start, end), buffer):
+            keys = _ordered_keys(dist, ids.gallery_index[first:first + dist.shape[1]], num_g, nonnegative=False)
+            here = (junk_cols >= first) & (junk_cols < first + dist.shape[1])
+            keys[junk_rows[here], junk_cols[here] - first] = _KEY_SENTINEL  # never counted
+            # As in _true_match_ranks: the number of true matches ranked before each image.
+            matches_before = torch.searchsorted(match_keys, keys)
+            histogram.scatter_add_(1, matches_before, ones.expand_as(matches_before))
+        acc.add(start, histogram.cumsum(1) - 1, num_matches)
+    return acc
+
+
 def _padded(num_rows: int) -> int:
     """``num_rows`` rounded up to a multiple of the GEMM row granule (at least one granule)."""
     return max(1, -(-num_rows // _GEMM_ROWS)) * _GEMM_ROWS
@@ -586,7 +683,8 @@ def _padded(num_rows: int) -> int:
 
 def _gallery_chunk_rows(dim: int) -> int:
     """Gallery rows per matrix product: a fixed multiple of 16 (it depends only on the width)."""
-    return max(_GEMM_ROWS, _GALLERY_CHUNK_BYTES // (4 * max(dim, 1)) // _GEMM_ROWS * _GEMM_ROWS)
+    rows = min(_GALLERY_CHUNK_BYTES // (4 * max(dim, 1)), _MAX_GALLERY_CHUNK_ROWS)
+    return max(_GEMM_ROWS, rows // _GEMM_ROWS * _GEMM_ROWS)
 
 
 def _block_rows(available_bytes: int, row_bytes: int, num_rows: int) -> int:
