@@ -16,6 +16,7 @@ from reid.engine.trainer import NonFiniteLossError
 from reid.engine.training import setup_run, train
 from reid.modeling.losses import ReIDLoss
 from reid.utils.checkpoint import load_checkpoint
+from reid.utils.errors import CheckpointError
 from tests.conftest import tiny_train_opts
 
 REPO = Path(__file__).resolve().parents[1]
@@ -52,6 +53,13 @@ def test_resume_reaches_the_same_weights(synthetic_root, tmp_path):
     half = load_config("bot_synthetic.yml",
                        tiny_train_opts(synthetic_root, tmp_path / "half", *common, "SOLVER.MAX_EPOCHS", "1"))
     train(half)
+    # A resume with a config that does not fit the checkpoint fails and keeps the run's config.
+    saved = (tmp_path / "half" / "config.yaml").read_text()
+    wrong = load_config("bot_synthetic.yml", tiny_train_opts(synthetic_root, tmp_path / "half", *common,
+                                                             "MODEL.BACKBONE", "resnet34"))
+    with pytest.raises(CheckpointError, match="config the run was started with"):
+        train(wrong, resume=True)
+    assert (tmp_path / "half" / "config.yaml").read_text() == saved
     resumed = load_config("bot_synthetic.yml", tiny_train_opts(synthetic_root, tmp_path / "half", *common))
     results = train(resumed, resume=True)
     a = load_checkpoint(tmp_path / "full" / "last.pth")

@@ -25,10 +25,11 @@ from reid.utils.logger import setup_logger
 logger = logging.getLogger("reid.engine")
 
 
-def setup_run(cfg: CfgNode, config_name: str = "config.yaml") -> torch.device:
+def setup_run(cfg: CfgNode, config_name: str | None = "config.yaml") -> torch.device:
     """Join DDP if launched by torchrun, set up logging to OUTPUT_DIR and save the final config there.
 
-    Evaluation tools pass their own ``config_name`` so they never overwrite the training config.
+    Evaluation tools pass their own ``config_name`` so they never overwrite the training config;
+    ``None`` saves nothing (training saves it once the run is known to start).
     """
     device_name = resolve_device(cfg.DEVICE)
     comm.init_distributed_from_env(use_cuda=device_name.startswith("cuda"))
@@ -44,7 +45,7 @@ def setup_run(cfg: CfgNode, config_name: str = "config.yaml") -> torch.device:
     device = comm.local_device(device_name)
     if cfg.DETERMINISTIC:
         torch.use_deterministic_algorithms(True, warn_only=True)
-    if comm.is_main_process():
+    if config_name is not None and comm.is_main_process():
         save_config(cfg, Path(cfg.OUTPUT_DIR) / config_name)
     return device
 
@@ -59,7 +60,9 @@ def train(cfg: CfgNode, resume: bool = False, overwrite: bool = False) -> dict:
     _check_output_dir(output_dir, resume, overwrite)
     if not resume and comm.get_rank_from_env() == 0:
         _archive_previous_run(output_dir)
-    device = setup_run(cfg)
+    # The config is saved only once the datasets and a resumed checkpoint are known to fit it: a failed
+    # --resume must leave the config the run was started with in place.
+    device = setup_run(cfg, config_name=None)
     logger.info(f"Training on {device} ({comm.get_world_size()} process(es)); outputs in {cfg.OUTPUT_DIR}")
     # Every dataset the run will touch is checked now, not after hours of training.
     check_datasets(tuple(cfg.DATASETS.TRAIN) + tuple(cfg.DATASETS.TEST), cfg.DATASETS.ROOT)
@@ -90,6 +93,8 @@ def train(cfg: CfgNode, resume: bool = False, overwrite: bool = False) -> dict:
             logger.info(f"--resume: the run in {cfg.OUTPUT_DIR} already finished its {trainer.max_epochs} epochs; "
                         "nothing to train (raise SOLVER.MAX_EPOCHS to continue, or evaluate with tools/test.py).")
             return _previous_results(Path(cfg.OUTPUT_DIR))
+    if comm.is_main_process():
+        save_config(cfg, output_dir / "config.yaml")
 
     if comm.get_world_size() > 1:
         trainer.model = torch.nn.parallel.DistributedDataParallel(
