@@ -32,6 +32,19 @@ def test_error_from_a_loader_worker_is_printed_without_its_traceback(capsys):
     assert "Traceback" not in err and "worker" not in err
 
 
+def test_a_table_under_the_message_keeps_its_lines(capsys):
+    table = ["batch  max |diff|  min cosine", "    1    3.1e-02      0.9990", "    4    2.7e-02      0.9993"]
+
+    def main() -> None:
+        raise ReIDError("The exported model does not reproduce the PyTorch model, " * 3 + "\n" + "\n".join(table))
+
+    with pytest.raises(SystemExit):
+        run_cli(main)
+    lines = capsys.readouterr().err.splitlines()
+    assert lines[1].startswith("Error: The exported") and len(lines[1]) <= 100  # the paragraph is wrapped
+    assert lines[-3:] == ["  " + row for row in table]  # the table is not
+
+
 def test_unwritable_path_names_the_path(tmp_path, capsys):
     blocker = tmp_path / "a_file"
     blocker.write_text("")

@@ -191,6 +191,11 @@ def test_bad_weights_are_named(tiny, tmp_path) -> None:
             export_model(weights, tmp_path / "m.onnx", "onnx", config=load_config(None, TINY_OPTS + wrong))
     with pytest.raises(ReIDError, match="format"):
         export_model(weights, tmp_path / "m.x", "tflite")
+    with pytest.raises(ReIDError, match="ONNX only"):  # a TorchScript trace takes any batch size
+        export_model(weights, tmp_path / "m.ts", "torchscript", batch=4)
+    (tmp_path / "a_file").write_text("")
+    with pytest.raises(ReIDError, match="Cannot create the folder of .*a_file"):  # checked before exporting
+        export_model(weights, tmp_path / "a_file" / "m.onnx", "onnx")
     assert not list(tmp_path.glob("m.*"))
 
 

@@ -165,6 +165,9 @@ def test_search_skips_unreadable_gallery_images_only_when_asked(extractor, folde
     (result,) = outcome.results
     assert len(result.matches) == 4 and folder / "0005_c1s1_000001_01.jpg" not in result.matches
     assert [p.name for p, _ in outcome.unreadable] == ["0005_c1s1_000001_01.jpg"]
+    broken = folder / "0005_c1s1_000001_01.jpg"  # the only query, and it cannot be read
+    with pytest.raises(DatasetError, match="None of the 1 query images could be read.*0005_c1s1_000001_01.jpg"):
+        rank_images(extractor, search_images(broken, folder), k=10, strict=False)
     with pytest.raises(ReIDError, match="topk"):  # checked before any feature is extracted
         search_folder(extractor, query, folder, k=0)
     with pytest.raises(DatasetError, match="nobody.jpg does not exist"):

@@ -23,7 +23,7 @@ from yacs.config import CfgNode
 
 from reid.export import onnx_export, torchscript
 from reid.export.exportable import ExportableReID, load_exportable
-from reid.export.image_files import find_images
+from reid.export.image_files import check_writable_file, find_images
 from reid.export.preprocess import Preprocessor
 from reid.export.release import input_spec, save_release
 from reid.export.verify import (
@@ -79,15 +79,15 @@ def export_model(weights: str | Path, output: str | Path, fmt: str, config: str 
         raise ReIDError(f"Unknown export format {fmt!r}; use one of {', '.join(FORMATS)}.")
     if batch is not None and batch < 1:
         raise ReIDError(f"The export batch size must be at least 1 (or dynamic), got {batch}.")
+    if batch is not None and fmt != "onnx":
+        raise ReIDError(f"A fixed batch size (--batch {batch}) applies to ONNX only: a {fmt} export takes any "
+                        "batch size. Leave --batch out.")
     output = Path(output)
     if output.is_dir():
         raise ReIDError(f"Export output {output} is a folder; give a file name such as {output / 'model.onnx'}.")
+    check_writable_file(output)  # before the model is loaded and exported, not after
     module, cfg = load_exportable(weights, config, opts, "cpu")
     batches = _verification_batches(cfg, batch, verify_images)
-    try:
-        output.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise ReIDError(f"Cannot create the folder of {output}: {exc.strerror or exc}.") from exc
     tmp = output.with_name(f".{output.name}.tmp")
     try:
         run, operators, forbidden = _write(fmt, module, cfg, tmp, batch, half, opset)

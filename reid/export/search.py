@@ -100,9 +100,10 @@ def rank_images(extractor: FeatureExtractor, images: SearchImages, k: int = 10, 
     queries = extractor.extract_paths(images.queries, skip_unreadable=not strict)
     gallery = extractor.extract_paths(images.gallery, skip_unreadable=not strict)
     unreadable = queries.unreadable + gallery.unreadable
-    if not gallery.paths:
-        raise DatasetError(f"None of the {len(images.gallery)} gallery images could be read; the first: "
-                           f"{gallery.unreadable[0][1]}")
+    for name, found, read in (("query", images.queries, queries), ("gallery", images.gallery, gallery)):
+        if not read.paths:
+            raise DatasetError(f"None of the {len(found)} {name} images could be read; the first: "
+                               f"{read.unreadable[0][1]}")
     distances, indices = top_k(queries.features, gallery.features, k, metric, normalize=extractor.cfg.TEST.FEAT_NORM)
     results = [SearchResult(q, [gallery.paths[i] for i in row.tolist()], dist.tolist())
                for q, row, dist in zip(queries.paths, indices, distances)]

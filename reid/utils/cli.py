@@ -29,7 +29,10 @@ def run_cli(main: Callable[[], object]) -> None:
 
 
 def _print_error(message: str) -> None:
-    print("\nError: " + textwrap.fill(message, width=100, subsequent_indent="  "), file=sys.stderr)
+    """The message's first line as a wrapped paragraph; later lines (a table, a list) kept as they are."""
+    first, *rest = message.splitlines() or [""]
+    lines = [textwrap.fill(first, width=100, initial_indent="Error: ", subsequent_indent="  ")]
+    print("\n" + "\n".join(lines + ["  " + line for line in rest]), file=sys.stderr)
 
 
 def _user_message(exc: ReIDError) -> str:
