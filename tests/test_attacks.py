@@ -14,7 +14,7 @@ from torchvision.transforms.v2.functional import to_dtype
 
 from reid.config import config_to_dict, load_config
 from reid.data import build_dataset, build_transforms, read_image
-from reid.engine.attacking import run_attacks
+from reid.engine.attacking import plan_runs, run_attacks
 from reid.engine.inference import load_model_for_inference
 from reid.evaluation.attacks import (
     ATTACKS,
@@ -108,6 +108,10 @@ def test_settings_turn_one_loop_into_each_attack():
         attack_settings("cw", EPS, 10)
     with pytest.raises(ConfigError, match="at least one step"):
         attack_settings("pgd", EPS, 0)
+    assert [run.eps for run in plan_runs(["fgsm"], ["feature"], [0, 2.0, 8])] == [0.0, 2.0, 8.0]
+    for budgets in ([0.5], [4, 2.5], [256], []):  # 8-bit images: a fraction of a level would be no attack
+        with pytest.raises(ConfigError, match="whole numbers of 1/255"):
+            plan_runs(["fgsm"], ["feature"], budgets)
 
 
 def test_each_attack_increases_its_objective_within_the_budget(feature_attacks, images):

@@ -41,7 +41,7 @@ def test_a_table_under_the_message_keeps_its_lines(capsys):
     with pytest.raises(SystemExit):
         run_cli(main)
     lines = capsys.readouterr().err.splitlines()
-    assert lines[1].startswith("Error: The exported") and len(lines[1]) <= 100  # the paragraph is wrapped
+    assert lines[1].startswith("Error: The exported") and len(lines[1]) <= 107  # the paragraph is wrapped
     assert lines[-3:] == ["  " + row for row in table]  # the table is not
 
 
@@ -61,7 +61,8 @@ def test_options_after_overrides_are_named():
 
 
 @pytest.mark.parametrize("key, value", [("SOLVER.BASE_LR", "-1.0"), ("SOLVER.MAX_EPOCHS", "0"),
-                                        ("TEST.IMS_PER_BATCH", "0"), ("DATALOADER.NUM_WORKERS", "-1")])
+                                        ("TEST.IMS_PER_BATCH", "0"), ("DATALOADER.NUM_WORKERS", "-1"),
+                                        ("TEST.ATTACK.EPS", "(0.5, 4.0)"), ("TEST.ATTACK.EPS", "(300.0,)")])
 def test_out_of_range_values_are_refused(key, value):
     with pytest.raises(ConfigError, match=key):
         load_config(None, [key, value])

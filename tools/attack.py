@@ -46,7 +46,7 @@ def main() -> None:
     parser.add_argument("--weights", "-w", default=None, help="checkpoint (default: TEST.WEIGHTS, OUTPUT_DIR/best.pth)")
     parser.add_argument("--attack", nargs="+", metavar="NAME",
                         help=f"one or more of {', '.join(ATTACKS)} (default: TEST.ATTACK.NAME)")
-    parser.add_argument("--eps", nargs="+", metavar="E", help="budgets in 1/255 units (default: TEST.ATTACK.EPS)")
+    parser.add_argument("--eps", nargs="+", metavar="E", help="whole budgets in 1/255 units (default: TEST.ATTACK.EPS)")
     parser.add_argument("--steps", type=int, default=None,
                         help="iterations of ifgsm/mifgsm/pgd (default: TEST.ATTACK.STEPS)")
     parser.add_argument("--objective", choices=("feature", "metric", "both"), default=None,

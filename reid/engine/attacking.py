@@ -99,9 +99,11 @@ def plan_runs(attacks: Sequence[str], objectives: Sequence[str], eps_list: Seque
         if unknown or not value:
             raise ConfigError(f"Unknown or missing {what} {unknown or list(value)}; "
                               f"expected any of {', '.join(allowed)}.")
-    bad_eps = [e for e in eps_list if not 0 <= e <= 255]
+    bad_eps = [e for e in eps_list if not 0 <= e <= 255 or e != int(e)]
     if bad_eps or not eps_list:
-        raise ConfigError(f"Attack budgets must be given, in 1/255 units between 0 and 255; got {list(eps_list)}.")
+        # Attacked images are rounded to 8 bits inside the eps ball: eps 0.5 would silently be no attack.
+        raise ConfigError(f"Attack budgets must be given as whole numbers of 1/255 levels between 0 and 255; "
+                          f"got {list(eps_list)}.")
     return [AttackRun(a, o, float(e)) for a in dict.fromkeys(attacks) for o in dict.fromkeys(objectives)
             for e in dict.fromkeys(eps_list)]
 

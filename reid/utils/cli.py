@@ -31,8 +31,8 @@ def run_cli(main: Callable[[], object]) -> None:
 def _print_error(message: str) -> None:
     """The message's first line as a wrapped paragraph; later lines (a table, a list) kept as they are."""
     first, *rest = message.splitlines() or [""]
-    lines = [textwrap.fill(first, width=100, initial_indent="Error: ", subsequent_indent="  ")]
-    print("\n" + "\n".join(lines + ["  " + line for line in rest]), file=sys.stderr)
+    lines = ["Error: " + textwrap.fill(first, width=100, subsequent_indent="  ")] + ["  " + line for line in rest]
+    print("\n" + "\n".join(lines), file=sys.stderr)
 
 
 def _user_message(exc: ReIDError) -> str:
