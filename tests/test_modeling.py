@@ -89,9 +89,17 @@ def test_weights_file_cannot_execute_code(tmp_path, capsys):
     path = tmp_path / "evil.pth"
     with open(path, "wb") as f:
         pickle.dump({"conv1.weight": Evil()}, f)
-    with pytest.raises(CheckpointError, match="refused on purpose"):
+    with pytest.raises(CheckpointError, match="evil.pth"):
         load_pretrained(build_backbone("resnet18"), str(path))
+    torch.save({"conv1.weight": Evil()}, tmp_path / "evil_torch.pth")
+    with pytest.raises(CheckpointError, match="refused on purpose") as info:
+        load_pretrained(build_backbone("resnet18"), str(tmp_path / "evil_torch.pth"))
     assert "this must never run" not in capsys.readouterr().out
+    assert "weights_only" not in str(info.value)  # torch's advice to turn the check off is not repeated
+    text = tmp_path / "notes.pth"
+    text.write_text("not weights")
+    with pytest.raises(CheckpointError, match="notes.pth: it is not a torch checkpoint"):
+        load_pretrained(build_backbone("resnet18"), str(text))
 
 
 def test_bnneck_head_train_and_eval_outputs():

@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 
 from reid.modeling.backbones import Backbone
+from reid.utils.checkpoint import describe_load_failure
 from reid.utils.errors import CheckpointError, ReIDError
 
 logger = logging.getLogger("reid.modeling")
@@ -44,8 +45,8 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
             state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # corrupt zip, unsafe pickle, truncated file...
         raise CheckpointError(
-            f"Cannot load weights from {path}: {exc}. Only tensor files saved with torch.save or safetensors are "
-            "accepted; files that need arbitrary code to unpickle are refused on purpose."
+            f"Cannot load weights from {path}: {describe_load_failure(exc)} Only tensor files saved with torch.save "
+            "or safetensors are accepted."
         ) from exc
     for key in ("state_dict", "model"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):

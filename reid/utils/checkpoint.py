@@ -68,7 +68,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     try:
         data = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:
-        raise CheckpointError(f"Cannot read checkpoint {path}: {_load_failure(exc)}") from exc
+        raise CheckpointError(f"Cannot read checkpoint {path}: {describe_load_failure(exc)}") from exc
     if isinstance(data, dict):
         check_format(data, path)
     if not isinstance(data, dict) or "model" not in data or not isinstance(data["model"], dict):
@@ -117,10 +117,10 @@ def _export_kind(path: Path) -> str | None:
     return None
 
 
-def _load_failure(exc: Exception) -> str:
+def describe_load_failure(exc: Exception) -> str:
     """Why torch.load failed, in one sentence (torch's advice to turn weights_only off is not ours to give)."""
     text = str(exc)
-    if isinstance(exc, (KeyError, pickle.UnpicklingError, EOFError)) and "GLOBAL" not in text:
+    if isinstance(exc, (KeyError, IndexError, pickle.UnpicklingError, EOFError)) and "GLOBAL" not in text:
         return "it is not a torch checkpoint (or is corrupt)."  # e.g. a text file read as a legacy pickle
     if "GLOBAL" in text:  # the safe unpickler met a class or function: loading would import and run code
         return ("it holds Python objects that only running code from the file could rebuild, which is refused "
