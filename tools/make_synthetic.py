@@ -56,7 +56,7 @@ def main() -> None:
         print(f"{folder}  ({time.perf_counter() - start:.1f} s)")
         for subset, counts in read_manifest(folder)["subsets"].items():
             extras = counts["distractors"] or counts["junk"]
-            note = f"  (+{counts['distractors']} distractors, +{counts['junk']} junk)" if extras else ""
+            note = f"  (of which {counts['distractors']} distractors, {counts['junk']} junk)" if extras else ""
             print(f"  {subset:<20}{counts['identities']:>5} identities {counts['images']:>6} images "
                   f"{counts['cameras']:>3} cameras{note}")
 
