@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import configparser
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 
 from reid.config import load_config
 from reid.engine.training import train
+from reid.utils import cli
 from reid.utils.cli import run_cli
 from reid.utils.errors import ConfigError, DatasetError, ReIDError, summarize_exception
 
@@ -89,3 +95,42 @@ def test_exception_summary_joins_a_header_with_its_first_detail():
     expected = 'Error(s) in loading state_dict for ReIDModel: Missing key(s) in state_dict: "a".'
     assert summarize_exception(exc) == expected
     assert summarize_exception(EOFError()) == "EOFError"
+
+
+def console_scripts() -> dict[str, str]:
+    parser = configparser.ConfigParser()
+    parser.read(Path(__file__).resolve().parents[1] / "setup.cfg")
+    lines = parser["options.entry_points"]["console_scripts"].strip().splitlines()
+    return dict(tuple(part.strip() for part in line.split("=")) for line in lines)
+
+
+def test_every_console_script_runs_its_tool(monkeypatch, capsys):
+    scripts = console_scripts()
+    assert {"reid-train", "reid-test", "reid-export", "reid-extract", "reid-search", "reid-attack",
+            "reid-study"} <= set(scripts)
+    for command, target in scripts.items():
+        assert target == "reid.utils.cli:tool_command", command
+        monkeypatch.setattr(sys, "argv", [f"/venv/bin/{command}", "--help"])
+        with pytest.raises(SystemExit) as exit_info:
+            cli.tool_command()
+        assert exit_info.value.code == 0, command
+        name = command.removeprefix("reid-").replace("-", "_")
+        assert f"usage: {name}.py" in capsys.readouterr().out, command  # that tool's own --help
+
+
+def test_a_missing_tool_is_explained(monkeypatch, tmp_path, capsys):
+    monkeypatch.setattr(cli, "TOOLS_DIR", tmp_path / "tools")
+    with pytest.raises(SystemExit) as exit_info:
+        cli.run_tool("train")
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert str(tmp_path / "tools" / "train.py") in err.replace("\n  ", " ") and "source checkout" in err
+
+
+def test_installed_console_script_runs_from_anywhere(tmp_path):
+    script = Path(sys.executable).parent / "reid-train"
+    if not script.is_file():
+        pytest.skip("the package is not installed in this environment (pip install -e .)")
+    done = subprocess.run([str(script), "--help"], capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "Train a ReID model" in done.stdout

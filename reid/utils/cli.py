@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import runpy
 import sys
 import textwrap
+from pathlib import Path
 from typing import Callable
 
 from reid.utils.errors import ReIDError
@@ -66,3 +68,28 @@ def add_extractor_arguments(parser: argparse.ArgumentParser) -> argparse.Argumen
     parser.add_argument("--batch-size", type=int, default=64, help="images per forward pass (default 64)")
     parser.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: CUDA when available)")
     return parser
+
+
+# --------------------------------------------------------------------------------------------------
+# Console scripts (setup.cfg): ``reid-train ...`` is ``python tools/train.py ...``.
+
+#: The checkout's tools/ folder, which the console scripts run (there is one copy of each command).
+TOOLS_DIR = Path(__file__).resolve().parents[2] / "tools"
+
+
+def run_tool(name: str) -> None:
+    """Run ``tools/<name>.py`` of this checkout as ``__main__``, with the command line as given."""
+    script = TOOLS_DIR / f"{name}.py"
+    if not script.is_file():
+        _print_error(f"reid-{name.replace('_', '-')} runs {script}, which does not exist: the reid-* commands need "
+                     "the source checkout they were installed from (pip install -e .). Clone the repository, or "
+                     "use the Python API (reid.FeatureExtractor, reid.evaluation, reid.engine).")
+        sys.exit(2)
+    sys.argv[0] = str(script)
+    runpy.run_path(str(script), run_name="__main__")
+
+
+def tool_command() -> None:
+    """The console scripts' entry point: ``reid-plot-cmc ARGS`` runs ``tools/plot_cmc.py ARGS``."""
+    command = Path(sys.argv[0]).name
+    run_tool(command.removeprefix("reid-").replace("-", "_").removesuffix(".exe"))
