@@ -97,3 +97,19 @@ def test_checkpoint_without_config_needs_config(tmp_path, checkpoint):
     atomic_save({"model": load_checkpoint(checkpoint)["model"]}, bare)
     with pytest.raises(CheckpointError, match="stores no config.*--config"):
         config_and_weights(None, str(bare), [])
+
+
+def test_a_config_that_changes_the_features_is_warned_about(synthetic_root, tmp_path, checkpoint, caplog):
+    from reid.engine.inference import load_model_for_inference
+
+    same = load_config("lfm_synthetic.yml", tiny_train_opts(synthetic_root, tmp_path / "train"))
+    with caplog.at_level("WARNING", logger="reid.engine"):
+        load_model_for_inference(checkpoint, same)
+    assert not caplog.records
+    other = load_config("lfm_synthetic.yml", tiny_train_opts(synthetic_root, tmp_path / "train", "MODEL.LAST_STRIDE",
+                                                             "2", "INPUT.SIZE_TEST", "(128, 64)"))
+    with caplog.at_level("WARNING", logger="reid.engine"):
+        load_model_for_inference(checkpoint, other)  # the tensors fit: it loads, with a warning
+    (record,) = caplog.records
+    assert "model.pth" in record.message and "MODEL.LAST_STRIDE 1 -> 2" in record.message
+    assert "INPUT.SIZE_TEST" in record.message and "-> [128, 64]" in record.message

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import torch
@@ -11,6 +12,13 @@ from reid.config import config_from_dict
 from reid.modeling import ReIDModel, build_model
 from reid.utils.checkpoint import load_checkpoint
 from reid.utils.errors import CheckpointError, ConfigError
+
+logger = logging.getLogger("reid.engine")
+
+# Keys that change the features a model computes without changing its tensors' shapes: weights load
+# fine with other values, but the features are then not those the model was trained to give.
+FEATURE_KEYS = ("MODEL.LAST_STRIDE", "MODEL.POOLING", "MODEL.NECK_FEAT", "MODEL.PIXEL_MEAN", "MODEL.PIXEL_STD",
+                "INPUT.SIZE_TEST")
 
 
 def load_model_for_inference(weights: str | Path, cfg: CfgNode | None = None,
@@ -28,6 +36,8 @@ def load_model_for_inference(weights: str | Path, cfg: CfgNode | None = None,
             cfg = config_from_dict(state["config"])
         except ConfigError as exc:
             raise CheckpointError(f"The config stored in {weights} is not valid for this version: {exc}") from exc
+    elif isinstance(state.get("config"), dict):
+        _warn_about_feature_keys(weights, state["config"], cfg)
     model = build_model(cfg, num_classes=0, load_imagenet=False)
     weights_only = {k: v for k, v in state["model"].items() if not k.startswith("head.classifier.")}
     try:
@@ -43,3 +53,24 @@ def load_model_for_inference(weights: str | Path, cfg: CfgNode | None = None,
             "with (OUTPUT_DIR/config.yaml), or leave --config out to use the one stored in the checkpoint."
         )
     return model.to(device).eval(), cfg
+
+
+def _warn_about_feature_keys(weights: str | Path, stored: dict, cfg: CfgNode) -> None:
+    """Warn when the given config computes features otherwise than the config stored with the weights."""
+    changes = []
+    for key in FEATURE_KEYS:
+        before, now = stored, cfg
+        for part in key.split("."):
+            before = before.get(part) if isinstance(before, dict) else None
+            now = now.get(part)
+        if before is not None and _shown(before) != _shown(now):
+            changes.append(f"{key} {_shown(before)} -> {_shown(now)}")
+    if changes:
+        logger.warning(f"The config differs from the one stored in {weights} in keys that change the features: "
+                       f"{', '.join(changes)}. The weights load, but the features are not those the model was "
+                       "trained to give; leave --config out to use the stored config.")
+
+
+def _shown(value: object) -> object:
+    """Lists and tuples alike as a list (a stored config holds lists, a loaded one tuples)."""
+    return list(value) if isinstance(value, (list, tuple)) else value
