@@ -189,14 +189,17 @@ def benchmark_size(key: str, args, device: torch.device, rows: list[list[str]],
     qf, gf, *ids = make_problem(size, args.dim, device, args.seed, noise)
     repeats, warm_up = repeats_of(key, args)
 
-    t_feat, result = median_time(lambda: evaluate_features(qf, gf, *ids), repeats, device, warm_up)
+    budget = int(args.budget_mib * 2**20) if args.budget_mib else None
+    t_feat, result = median_time(lambda: evaluate_features(qf, gf, *ids, memory_budget_bytes=budget), repeats,
+                                 device, warm_up)
     memory = mib(result.peak_memory_bytes)
     if device.type == "cpu":
         with RssPeak() as peak:
-            evaluate_features(qf, gf, *ids)
+            evaluate_features(qf, gf, *ids, memory_budget_bytes=budget)
         memory += f" (RSS growth {mib(peak.growth)})"
     scores = result.as_dict()
-    rows.append([name, "evaluate_features (cosine, end to end)", f"{t_feat:.2f} s", memory,
+    label = "evaluate_features (cosine, end to end" + (f", budget {args.budget_mib:g} MiB)" if budget else ")")
+    rows.append([name, label, f"{t_feat:.2f} s", memory,
                  f"R1 {scores['R1']:.3f}, mAP {scores['mAP']:.3f}, mINP {scores['mINP']:.3f}"])
 
     n_ref = min(args.large_reference_queries if key == "large" else args.reference_queries, size.num_query)
@@ -293,6 +296,9 @@ def main() -> None:
     parser.add_argument("--rerank", action="store_true",
                         help="also time k-reciprocal re-ranking (every selected size but large)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--budget-mib", type=float, default=None,
+                        help="memory budget of evaluate_features (default: its own); a budget below 16 whole "
+                             "gallery rows selects the gallery-chunked path")
     args = parser.parse_args()
 
     sizes = [k.strip() for k in args.sizes.split(",") if k.strip()]
