@@ -69,11 +69,9 @@ def gather_for_mining(features: torch.Tensor, labels: torch.Tensor) -> tuple[tor
     """
     if comm.get_world_size() == 1:
         return features, labels
-    import torch.distributed.nn.functional as dist_fn
-
     all_labels = [torch.empty_like(labels) for _ in range(comm.get_world_size())]
     torch.distributed.all_gather(all_labels, labels)
-    return torch.cat(dist_fn.all_gather(features)), torch.cat(all_labels)
+    return comm.all_gather_with_grad(features), torch.cat(all_labels)
 
 
 class ReIDLoss(nn.Module):

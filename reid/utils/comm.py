@@ -80,3 +80,30 @@ def broadcast_object(value: object) -> object:
     holder = [value]
     dist.broadcast_object_list(holder, src=0)
     return holder[0]
+
+
+class _AllGatherWithGradient(torch.autograd.Function):
+    """All ranks' equally sized tensors concatenated along dim 0; the backward pass gives each rank the
+    sum, over all ranks, of the gradient with respect to its own rows (each rank's loss used them)."""
+
+    @staticmethod
+    def forward(ctx, tensor: torch.Tensor) -> torch.Tensor:
+        parts = [torch.empty_like(tensor) for _ in range(get_world_size())]
+        dist.all_gather(parts, tensor.contiguous())
+        ctx.rows = tensor.shape[0]
+        return torch.cat(parts)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        grad = grad.contiguous()
+        dist.all_reduce(grad)
+        start = get_rank() * ctx.rows
+        return grad[start:start + ctx.rows]
+
+
+def all_gather_with_grad(tensor: torch.Tensor) -> torch.Tensor:
+    """Concatenate every rank's ``tensor`` (same shape on every rank), differentiably; identity without
+    DDP. (torch.distributed.nn.functional.all_gather does this but is deprecated since torch 2.14.)"""
+    if get_world_size() == 1:
+        return tensor
+    return _AllGatherWithGradient.apply(tensor)
