@@ -97,6 +97,15 @@ def test_checkpoint_without_config_needs_config(tmp_path, checkpoint):
     atomic_save({"model": load_checkpoint(checkpoint)["model"]}, bare)
     with pytest.raises(CheckpointError, match="stores no config.*--config"):
         config_and_weights(None, str(bare), [])
+    from reid.export import export_model
+    from reid.utils.errors import ConfigError
+
+    with pytest.raises(CheckpointError, match="bare.pth stores no config"):  # with overrides too
+        export_model(bare, tmp_path / "m.onnx", "onnx", opts=["TEST.FLIP", "True"])
+    cfg, _ = config_and_weights(None, str(checkpoint), ["TEST.FLIP", "True"])
+    assert cfg.TEST.FLIP and cfg.MODEL.BACKBONE == load_checkpoint(checkpoint)["config"]["MODEL"]["BACKBONE"]
+    with pytest.raises(ConfigError, match="TEST.FLIPP"):  # a bad override names the key, not the checkpoint
+        config_and_weights(None, str(checkpoint), ["TEST.FLIPP", "True"])
 
 
 def test_a_config_that_changes_the_features_is_warned_about(synthetic_root, tmp_path, checkpoint, caplog):

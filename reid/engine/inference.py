@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 from yacs.config import CfgNode
 
-from reid.config import config_from_dict
+from reid.config import config_from_dict, config_to_dict
 from reid.modeling import ReIDModel, build_model
 from reid.utils.checkpoint import load_checkpoint
 from reid.utils.errors import CheckpointError, ConfigError
@@ -30,12 +31,7 @@ def load_model_for_inference(weights: str | Path, cfg: CfgNode | None = None,
     """
     state = load_checkpoint(weights)
     if cfg is None:
-        if not isinstance(state.get("config"), dict):
-            raise CheckpointError(f"{weights} stores no config; pass the training config with --config.")
-        try:
-            cfg = config_from_dict(state["config"])
-        except ConfigError as exc:
-            raise CheckpointError(f"The config stored in {weights} is not valid for this version: {exc}") from exc
+        cfg = _config_in(state, weights)
     elif isinstance(state.get("config"), dict):
         _warn_about_feature_keys(weights, state["config"], cfg)
     model = build_model(cfg, num_classes=0, load_imagenet=False)
@@ -53,6 +49,25 @@ def load_model_for_inference(weights: str | Path, cfg: CfgNode | None = None,
             "with (OUTPUT_DIR/config.yaml), or leave --config out to use the one stored in the checkpoint."
         )
     return model.to(device).eval(), cfg
+
+
+def stored_config(weights: str | Path, opts: Sequence[str] = ()) -> CfgNode:
+    """The config stored in the checkpoint or release file ``weights``, with ``KEY VALUE`` overrides.
+
+    A file that stores no config, or one this version cannot read, is a CheckpointError saying to pass
+    the training config instead; a bad override is a ConfigError naming the key.
+    """
+    stored = _config_in(load_checkpoint(weights), weights)
+    return config_from_dict(config_to_dict(stored), list(opts)) if opts else stored
+
+
+def _config_in(state: dict, weights: str | Path) -> CfgNode:
+    if not isinstance(state.get("config"), dict):
+        raise CheckpointError(f"{weights} stores no config; pass the training config with --config.")
+    try:
+        return config_from_dict(state["config"])
+    except ConfigError as exc:
+        raise CheckpointError(f"The config stored in {weights} is not valid for this version: {exc}") from exc
 
 
 def _warn_about_feature_keys(weights: str | Path, stored: dict, cfg: CfgNode) -> None:

@@ -9,12 +9,11 @@ from yacs.config import CfgNode
 
 from reid.data import check_datasets
 from reid.engine.hooks import write_results
-from reid.engine.inference import load_model_for_inference
+from reid.engine.inference import load_model_for_inference, stored_config
 from reid.engine.training import setup_run
 from reid.evaluation.evaluator import ExtractedFeatures, evaluate_datasets
 from reid.evaluation.rank import RankResult
-from reid.config import config_from_dict, load_config
-from reid.utils.checkpoint import load_checkpoint
+from reid.config import load_config
 from reid.utils.errors import CheckpointError, ConfigError, ReIDError
 
 logger = logging.getLogger("reid.engine")
@@ -40,12 +39,8 @@ def config_and_weights(config: str | None, weights: str | None, opts: list[str])
         return cfg, resolve_weights(cfg, weights)
     if not weights:
         raise ReIDError("Give --config (the training config) or --weights (a checkpoint that stores its config).")
-    stored = load_checkpoint(weights).get("config")
-    if not isinstance(stored, dict):
-        # Never fall back to the default config: it would build some other model. The loader owns the
-        # message ("... stores no config; pass the training config with --config") and raises it here.
-        load_model_for_inference(weights)
-    return config_from_dict(stored, opts), Path(weights)
+    # Never the default config: it would build some other model.
+    return stored_config(weights, opts), Path(weights)
 
 
 def test(cfg: CfgNode, weights: str | Path, vis: int = 0, vis_mode: str = "worst") -> dict:

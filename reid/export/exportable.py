@@ -18,9 +18,8 @@ from torch import nn
 from yacs.config import CfgNode
 
 from reid.config import config_from_dict, config_to_dict, load_config
-from reid.engine.inference import load_model_for_inference
+from reid.engine.inference import load_model_for_inference, stored_config
 from reid.modeling import ReIDModel
-from reid.utils.checkpoint import load_checkpoint
 
 
 class ExportableReID(nn.Module):
@@ -68,10 +67,7 @@ def resolve_config(weights: str | Path, config: str | Path | CfgNode | None = No
         return load_config(config, opts)
     if not opts:
         return None
-    stored = load_checkpoint(weights).get("config")
-    if not isinstance(stored, dict):
-        return None  # the loader then says that the file stores no config and --config is needed
-    return config_from_dict(stored, opts)
+    return stored_config(weights, opts)
 
 
 def load_exportable(weights: str | Path, config: str | Path | CfgNode | None = None, opts: Sequence[str] = (),
