@@ -472,9 +472,13 @@ def test_empty_sets_and_overflowing_features_are_refused():
 
 @CUDA
 @pytest.mark.cuda
-def test_cuda_duplicated_gallery_rows_do_not_depend_on_the_budget():
-    # cuBLAS may pick other kernels for other shapes; products are padded to multiples of 16 rows and the
-    # gallery chunks are fixed, and this checks that ties still come out the same on the GPU.
+@pytest.mark.parametrize("chunk_cap", [None, 64], ids=["one-chunk", "many-chunks"])
+def test_cuda_duplicated_gallery_rows_do_not_depend_on_the_budget(monkeypatch, chunk_cap):
+    # cuBLAS may pick other kernels for other shapes or output strides; products are padded to multiples
+    # of 16 rows and the gallery chunks are fixed, and this checks that ties still come out the same on
+    # the GPU, also through the gallery-chunked path (budget 1), whose chunk buffers have another stride.
+    if chunk_cap:
+        monkeypatch.setattr(rank, "_MAX_GALLERY_CHUNK_ROWS", chunk_cap)
     rng = np.random.default_rng(15)
     base = rng.standard_normal((5, 300)).astype(np.float32)
     gf = torch.from_numpy(base[rng.integers(0, 5, 700)]).cuda()

@@ -122,3 +122,20 @@ def test_a_config_that_changes_the_features_is_warned_about(synthetic_root, tmp_
     (record,) = caplog.records
     assert "model.pth" in record.message and "MODEL.LAST_STRIDE 1 -> 2" in record.message
     assert "INPUT.SIZE_TEST" in record.message and "-> [128, 64]" in record.message
+
+
+def test_an_override_repairs_a_stored_value_this_version_refuses(tmp_path, checkpoint):
+    from reid.engine.inference import load_model_for_inference
+    from reid.engine.testing import config_and_weights
+    from reid.utils.checkpoint import load_checkpoint
+    from reid.utils.errors import CheckpointError
+
+    state = load_checkpoint(checkpoint)
+    state["config"]["TEST"]["ATTACK"]["EPS"] = [-1.0, 2.0]  # e.g. written by a version that accepted it
+    old = tmp_path / "old.pth"
+    atomic_save(state, old)
+    with pytest.raises(CheckpointError, match="old.pth is not valid for this version.*Override the key"):
+        load_model_for_inference(old)
+    cfg, _ = config_and_weights(None, str(old), ["TEST.ATTACK.EPS", "(2.0,)"])
+    assert tuple(cfg.TEST.ATTACK.EPS) == (2.0,)
+    load_model_for_inference(old, cfg)

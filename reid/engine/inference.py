@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 from yacs.config import CfgNode
 
-from reid.config import config_from_dict, config_to_dict
+from reid.config import config_from_dict
 from reid.modeling import ReIDModel, build_model
 from reid.utils.checkpoint import load_checkpoint
 from reid.utils.errors import CheckpointError, ConfigError
@@ -57,17 +57,26 @@ def stored_config(weights: str | Path, opts: Sequence[str] = ()) -> CfgNode:
     A file that stores no config, or one this version cannot read, is a CheckpointError saying to pass
     the training config instead; a bad override is a ConfigError naming the key.
     """
-    stored = _config_in(load_checkpoint(weights), weights)
-    return config_from_dict(config_to_dict(stored), list(opts)) if opts else stored
+    return _config_in(load_checkpoint(weights), weights, opts)
 
 
-def _config_in(state: dict, weights: str | Path) -> CfgNode:
+def _config_in(state: dict, weights: str | Path, opts: Sequence[str] = ()) -> CfgNode:
+    """The stored config with the overrides merged before it is checked, so an override can repair a
+    value that this version no longer accepts."""
     if not isinstance(state.get("config"), dict):
         raise CheckpointError(f"{weights} stores no config; pass the training config with --config.")
     try:
-        return config_from_dict(state["config"])
+        return config_from_dict(state["config"], list(opts))
     except ConfigError as exc:
-        raise CheckpointError(f"The config stored in {weights} is not valid for this version: {exc}") from exc
+        if opts:
+            try:
+                config_from_dict(state["config"])
+            except ConfigError:
+                pass
+            else:
+                raise  # the stored config is fine: the override is wrong, and the error names it
+        raise CheckpointError(f"The config stored in {weights} is not valid for this version: {exc} Override the "
+                              "key with KEY VALUE, or pass the training config with --config.") from exc
 
 
 def _warn_about_feature_keys(weights: str | Path, stored: dict, cfg: CfgNode) -> None:
@@ -81,9 +90,10 @@ def _warn_about_feature_keys(weights: str | Path, stored: dict, cfg: CfgNode) ->
         if before is not None and _shown(before) != _shown(now):
             changes.append(f"{key} {_shown(before)} -> {_shown(now)}")
     if changes:
-        logger.warning(f"The config differs from the one stored in {weights} in keys that change the features: "
-                       f"{', '.join(changes)}. The weights load, but the features are not those the model was "
-                       "trained to give; leave --config out to use the stored config.")
+        logger.warning(f"The config (--config or KEY VALUE overrides) differs from the one stored in {weights} in "
+                       f"keys that change the features: {', '.join(changes)}. The weights load, but the features "
+                       "are not those the model was trained to give; to get those, use the stored config: no "
+                       "--config, and no override of these keys.")
 
 
 def _shown(value: object) -> object:
