@@ -656,13 +656,14 @@ def _rank_gallery_chunks(distances: FeatureDistances, ids: _Identities, availabl
         match_slot = _index_within_group(match_rows, num_matches)
         match_keys = torch.full((end - start, int(num_matches.max()) + 1), _KEY_SENTINEL, dtype=torch.int64,
                                 device=device)
+        nan_seen = torch.zeros((), dtype=torch.bool, device=device)  # checked once per block: no sync per chunk
         for first, dist in distances.column_chunks(slice(start, end), buffer):
-            if bool(torch.isnan(dist).any()):
-                raise ReIDError("The distances contain NaN; check the features (NaN/inf values) that "
-                                "produced them.")
+            nan_seen |= torch.isnan(dist).any()
             here = (match_cols >= first) & (match_cols < first + dist.shape[1])
             r, c = match_rows[here], match_cols[here]
             match_keys[r, match_slot[here]] = _ordered_keys(dist[r, c - first], c, num_g, nonnegative=False)
+        if bool(nan_seen):
+            raise ReIDError("The distances contain NaN; check the features (NaN/inf values) that produced them.")
         match_keys = torch.sort(match_keys, dim=1).values
         histogram = torch.zeros_like(match_keys)
         for first, dist in distances.column_chunks(slice(start, end), buffer):
