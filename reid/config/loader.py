@@ -340,3 +340,14 @@ def config_from_dict(data: dict, opts: Iterable[str] = ()) -> CN:
 def config_to_dict(cfg: CN) -> dict:
     """A plain, picklable-by-json mapping of the config (tuples become lists)."""
     return yaml.safe_load(cfg.dump())
+
+
+def flatten_config(tree: dict, prefix: str = "") -> dict[str, Any]:
+    """``{"MODEL.LFM.PROB": 0.15, ...}`` from a nested config mapping (e.g. :func:`config_to_dict`'s)."""
+    flat = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat.update(flatten_config(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat

@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 from yacs.config import CfgNode
 
-from reid.config import config_from_dict
+from reid.config import config_from_dict, config_to_dict, flatten_config
 from reid.modeling import ReIDModel, build_model
 from reid.utils.checkpoint import load_checkpoint
 from reid.utils.errors import CheckpointError, ConfigError
@@ -81,21 +81,11 @@ def _config_in(state: dict, weights: str | Path, opts: Sequence[str] = ()) -> Cf
 
 def _warn_about_feature_keys(weights: str | Path, stored: dict, cfg: CfgNode) -> None:
     """Warn when the given config computes features otherwise than the config stored with the weights."""
-    changes = []
-    for key in FEATURE_KEYS:
-        before, now = stored, cfg
-        for part in key.split("."):
-            before = before.get(part) if isinstance(before, dict) else None
-            now = now.get(part)
-        if before is not None and _shown(before) != _shown(now):
-            changes.append(f"{key} {_shown(before)} -> {_shown(now)}")
+    before, now = flatten_config(stored), flatten_config(config_to_dict(cfg))  # both with lists, not tuples
+    changes = [f"{key} {before[key]} -> {now[key]}" for key in FEATURE_KEYS
+               if key in before and before[key] != now[key]]
     if changes:
         logger.warning(f"The config (--config or KEY VALUE overrides) differs from the one stored in {weights} in "
                        f"keys that change the features: {', '.join(changes)}. The weights load, but the features "
                        "are not those the model was trained to give; to get those, use the stored config: no "
                        "--config, and no override of these keys.")
-
-
-def _shown(value: object) -> object:
-    """Lists and tuples alike as a list (a stored config holds lists, a loaded one tuples)."""
-    return list(value) if isinstance(value, (list, tuple)) else value

@@ -37,7 +37,7 @@ import torch
 import yaml
 from yacs.config import CfgNode
 
-from reid.config import config_to_dict, load_config, resolve_config_path
+from reid.config import config_to_dict, flatten_config, load_config, resolve_config_path
 from reid.engine.attacking import ATTACK_PROTOCOL, AttackRun, plan_runs
 from reid.evaluation.attacks import ATTACKS, OBJECTIVES, attack_settings
 from reid.modeling import build_model
@@ -299,19 +299,9 @@ def config_differences(stored: dict, current: dict) -> list[str]:
     Keys only one side holds come from another version of the code (a new option with its default),
     not from the user's settings, so they are not counted.
     """
-    old, new = _flatten(stored), _flatten(current)
+    old, new = flatten_config(stored), flatten_config(current)
     return [f"{key}: {old[key]!r} -> {new[key]!r}" for key in new
             if key in old and key not in RESULT_NEUTRAL_KEYS and old[key] != new[key]]
-
-
-def _flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
-    flat = {}
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            flat.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
 
 
 def _inspect_cell(cell: _Cell) -> list[str]:

@@ -304,6 +304,28 @@ def _ordered_keys(values: torch.Tensor, gallery_index: torch.Tensor, num_gallery
     return bits.mul_(num_gallery).add_(gallery_index)
 
 
+_NAN_DISTANCES = "The distances contain NaN; check the features (NaN/inf values) that produced them."
+
+
+def _identity_pairs(ids: _Identities, start: int, end: int) -> tuple[torch.Tensor, ...]:
+    """``(match_rows, match_cols, junk_rows, junk_cols, num_matches)`` of queries ``start:end``: their true
+    matches (same identity, other camera) and same-camera junk, rows within the block."""
+    rows, cols = ids.same_identity_pairs(start, end)
+    same_camera = ids.q_camids[start:end][rows] == ids.g_camids[cols]
+    match_rows = rows[~same_camera]
+    num_matches = torch.bincount(match_rows, minlength=end - start)
+    return match_rows, cols[~same_camera], rows[same_camera], cols[same_camera], num_matches
+
+
+def _count_matches_before(histogram: torch.Tensor, match_keys: torch.Tensor, keys: torch.Tensor) -> None:
+    """Add to ``histogram[q, m]`` the images of ``keys`` (a row per query) that have exactly m true matches
+    ranked before them (``match_keys``: each query's sorted match keys). Image j precedes the m-th true
+    match iff that count is <= m (m itself included), so ``histogram.cumsum(1) - 1`` are the ranks."""
+    matches_before = torch.searchsorted(match_keys, keys)
+    histogram.scatter_add_(1, matches_before, torch.ones((), dtype=torch.int64,
+                                                         device=keys.device).expand_as(matches_before))
+
+
 def _true_match_ranks(
     dist: torch.Tensor, ids: _Identities, start: int, end: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -321,15 +343,10 @@ def _true_match_ranks(
     """
     lowest = dist.min() if dist.numel() else torch.zeros(())
     if torch.isnan(lowest):
-        raise ReIDError("The distance matrix contains NaN; check the features (NaN/inf values) that "
-                        "produced it.")
+        raise ReIDError(_NAN_DISTANCES)
     nonnegative = bool(lowest >= 0)
-    rows, cols = ids.same_identity_pairs(start, end)
-    same_camera = ids.q_camids[start:end][rows] == ids.g_camids[cols]
-    match_rows, match_cols = rows[~same_camera], cols[~same_camera]
-    junk_rows, junk_cols = rows[same_camera], cols[same_camera]
+    match_rows, match_cols, junk_rows, junk_cols, num_matches = _identity_pairs(ids, start, end)
     num_queries, num_gallery = dist.shape
-    num_matches = torch.bincount(match_rows, minlength=num_queries)
     width = int(num_matches.max()) + 1 if num_queries else 1
 
     hardest = torch.full((num_queries,), float("nan"), device=dist.device)  # NaN: no candidates
@@ -345,13 +362,8 @@ def _true_match_ranks(
     match_keys = torch.full((num_queries, width), _KEY_SENTINEL, dtype=torch.int64, device=dist.device)
     match_keys[match_rows, _index_within_group(match_rows, num_matches)] = keys[match_rows, match_cols]
     match_keys = torch.sort(match_keys, dim=1).values
-    # matches_before[q, j] = number of true matches of q ranked before gallery image j. Image j
-    # precedes the m-th true match iff matches_before <= m (m itself included, hence the -1 below).
-    matches_before = torch.searchsorted(match_keys, keys)
-    del keys
-    histogram = torch.zeros((num_queries, width), dtype=torch.int64, device=dist.device)
-    histogram.scatter_add_(1, matches_before, torch.ones((), dtype=torch.int64,
-                                                         device=dist.device).expand_as(matches_before))
+    histogram = torch.zeros_like(match_keys)
+    _count_matches_before(histogram, match_keys, keys)
     return histogram.cumsum(1) - 1, num_matches
 
 
@@ -644,15 +656,10 @@ def _rank_gallery_chunks(distances: FeatureDistances, ids: _Identities, availabl
     rows_per_block = _block_rows(available_bytes, row_bytes, num_q)
     tracker.account(fixed_bytes + rows_per_block * row_bytes)
     buffer = torch.empty((rows_per_block, chunk_width), device=device)
-    ones = torch.ones((), dtype=torch.int64, device=device)
     acc = _MetricAccumulator(num_q, device)
     for start in range(0, num_q, rows_per_block):
         end = min(start + rows_per_block, num_q)
-        rows, cols = ids.same_identity_pairs(start, end)
-        same_camera = ids.q_camids[start:end][rows] == ids.g_camids[cols]
-        match_rows, match_cols = rows[~same_camera], cols[~same_camera]
-        junk_rows, junk_cols = rows[same_camera], cols[same_camera]
-        num_matches = torch.bincount(match_rows, minlength=end - start)
+        match_rows, match_cols, junk_rows, junk_cols, num_matches = _identity_pairs(ids, start, end)
         match_slot = _index_within_group(match_rows, num_matches)
         match_keys = torch.full((end - start, int(num_matches.max()) + 1), _KEY_SENTINEL, dtype=torch.int64,
                                 device=device)
@@ -663,16 +670,14 @@ def _rank_gallery_chunks(distances: FeatureDistances, ids: _Identities, availabl
             r, c = match_rows[here], match_cols[here]
             match_keys[r, match_slot[here]] = _ordered_keys(dist[r, c - first], c, num_g, nonnegative=False)
         if bool(nan_seen):
-            raise ReIDError("The distances contain NaN; check the features (NaN/inf values) that produced them.")
+            raise ReIDError(_NAN_DISTANCES)
         match_keys = torch.sort(match_keys, dim=1).values
         histogram = torch.zeros_like(match_keys)
         for first, dist in distances.column_chunks(slice(start, end), buffer):
             keys = _ordered_keys(dist, ids.gallery_index[first:first + dist.shape[1]], num_g, nonnegative=False)
             here = (junk_cols >= first) & (junk_cols < first + dist.shape[1])
             keys[junk_rows[here], junk_cols[here] - first] = _KEY_SENTINEL  # never counted
-            # As in _true_match_ranks: the number of true matches ranked before each image.
-            matches_before = torch.searchsorted(match_keys, keys)
-            histogram.scatter_add_(1, matches_before, ones.expand_as(matches_before))
+            _count_matches_before(histogram, match_keys, keys)
         acc.add(start, histogram.cumsum(1) - 1, num_matches)
     return acc
 
