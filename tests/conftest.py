@@ -13,7 +13,7 @@ torch.set_num_threads(2)
 @pytest.fixture(scope="session")
 def synthetic_root(tmp_path_factory) -> Path:
     """A data root holding small ``synthetic_market`` and ``synthetic_duke`` domains."""
-    from reid.data.synthetic import generate_synthetic
+    from reid.experiments.synthetic import generate_synthetic
 
     root = tmp_path_factory.mktemp("datasets")
     generate_synthetic("market", root, num_train_ids=16, num_test_ids=10, images_per_camera=2,

@@ -14,11 +14,10 @@ from torchvision.transforms.v2.functional import to_dtype
 
 from reid.config import config_to_dict, load_config
 from reid.data import build_dataset, build_transforms, read_image
-from reid.engine.attacking import plan_runs, run_attacks
-from reid.engine.inference import load_model_for_inference
 from reid.evaluation.attacks import (
     ATTACKS,
     OBJECTIVES,
+    AttackRun,
     attack_images,
     attack_settings,
     embed,
@@ -26,10 +25,12 @@ from reid.evaluation.attacks import (
     image_generators,
     metric_attack,
     pairwise_distance,
+    plan_runs,
     quantize_to_8bit,
     true_match_mask,
 )
-from reid.modeling import build_model
+from reid.experiments.attack import attack, results_document, run_attacks
+from reid.modeling import build_model, load_model
 from reid.utils.checkpoint import atomic_save
 from reid.utils.errors import ConfigError
 
@@ -258,7 +259,7 @@ def metrics(row: dict) -> dict:
 
 
 def check_zero_budget_reproduces_the_clean_row(cfg, weights: Path, device: str, out: Path) -> None:
-    model, _ = load_model_for_inference(weights, cfg, device)
+    model, _ = load_model(weights, cfg, device=device)
     table = run_attacks(cfg, model, ["synthetic_market"], list(ATTACKS), [0], list(OBJECTIVES), 2, out,
                         device=device)["synthetic_market"]
     assert len(table["attacks"]) == len(ATTACKS) * len(OBJECTIVES)
@@ -281,17 +282,17 @@ def test_cuda_zero_budget_reproduces_the_clean_row(synthetic_root, tiny_weights,
 
 
 def test_run_writes_results_pictures_and_an_evaluable_adversarial_set(synthetic_root, tiny_weights, tmp_path):
-    from reid.engine.attacking import attack
-
     cfg = load_config(None, run_opts(synthetic_root, tmp_path / "out"))
     table = attack(cfg, tiny_weights, ["pgd"], [8], ["feature", "metric"], steps=2, vis=2,
                    save_adv=tmp_path / "adv")
 
     saved = json.loads((tmp_path / "out" / "results.json").read_text())
     entry = saved["results"]["synthetic_market"]
-    assert entry == json.loads(json.dumps(table["synthetic_market"]))
-    assert set(entry["attacks"]) == {"pgd/feature/eps8", "pgd/metric/eps8"}
-    for row in entry["attacks"].values():
+    assert entry == json.loads(json.dumps(results_document(table)["synthetic_market"]))
+    # Structured records: attack, objective and eps as fields, not a string to parse back.
+    assert {(row["attack"], row["objective"], row["eps"]) for row in entry["attacks"]} == {
+        ("pgd", "feature", 8.0), ("pgd", "metric", 8.0)}
+    for row in entry["attacks"]:
         assert {"R1", "mAP", "mINP", "cmc"} <= set(row)
         assert row["mAP"] <= entry["mAP"] + 0.02
         assert 0 < row["linf_255"] <= 8
@@ -315,19 +316,20 @@ def test_run_writes_results_pictures_and_an_evaluable_adversarial_set(synthetic_
 
     # Read back from disk, the saved queries give exactly the reported numbers: the evaluated images are the
     # 8-bit ones that were saved (an eps-0 run evaluates a query set as it is, by the attack's own code).
-    model, _ = load_model_for_inference(tiny_weights, cfg, "cpu")
+    model, _ = load_model(tiny_weights, cfg, device="cpu")
     for objective in ("feature", "metric"):
         reread_cfg = load_config(None, run_opts(tmp_path / "adv" / f"pgd_{objective}_eps8", tmp_path / "reread"))
         reread = run_attacks(reread_cfg, model, ["synthetic_market"], ["fgsm"], [0], ["feature"], 1,
                              tmp_path / "reread")["synthetic_market"]
-        assert metrics(reread) == metrics(table["synthetic_market"]["attacks"][f"pgd/{objective}/eps8"]), objective
+        attacked_row = table["synthetic_market"]["attacks"][AttackRun("pgd", objective, 8.0)]
+        assert metrics(reread) == metrics(attacked_row), objective
 
 
 def test_adversarial_set_does_not_depend_on_the_batch_size(synthetic_root, tiny_weights, tmp_path):
     sets = {}
     for batch in (64, 5):
         cfg = load_config(None, run_opts(synthetic_root, tmp_path / f"out{batch}", "TEST.IMS_PER_BATCH", str(batch)))
-        model, _ = load_model_for_inference(tiny_weights, cfg, "cpu")
+        model, _ = load_model(tiny_weights, cfg, device="cpu")
         table = run_attacks(cfg, model, ["synthetic_market"], ["pgd"], [8], ["metric"], 2, tmp_path,
                             save_adv=tmp_path / f"adv{batch}")
         files = sorted((tmp_path / f"adv{batch}" / "pgd_metric_eps8").rglob("query/*.png"))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import configparser
+import importlib
 import subprocess
 import sys
 from pathlib import Path
@@ -57,7 +58,7 @@ def test_unwritable_path_names_the_path(tmp_path, capsys):
 
     with pytest.raises(SystemExit) as exit_info:
         run_cli(lambda: (blocker / "run").mkdir(parents=True))
-    assert exit_info.value.code == 1
+    assert exit_info.value.code == 2  # an input error like any other
     assert str(blocker / "run") in capsys.readouterr().err
 
 
@@ -104,27 +105,21 @@ def console_scripts() -> dict[str, str]:
     return dict(tuple(part.strip() for part in line.split("=")) for line in lines)
 
 
-def test_every_console_script_runs_its_tool(monkeypatch, capsys):
+def test_every_console_script_is_a_package_function_that_its_tool_runs(monkeypatch, capsys):
     scripts = console_scripts()
     assert {"reid-train", "reid-test", "reid-export", "reid-extract", "reid-search", "reid-attack",
             "reid-study"} <= set(scripts)
+    tools = Path(__file__).resolve().parents[1] / "tools"
     for command, target in scripts.items():
-        assert target == "reid.utils.cli:tool_command", command
+        name = command.removeprefix("reid-").replace("-", "_")
+        assert target == f"reid.cli.{name}:entry", command  # a function of the installed package
+        module = importlib.import_module(f"reid.cli.{name}")
         monkeypatch.setattr(sys, "argv", [f"/venv/bin/{command}", "--help"])
         with pytest.raises(SystemExit) as exit_info:
-            cli.tool_command()
+            module.entry()
         assert exit_info.value.code == 0, command
-        name = command.removeprefix("reid-").replace("-", "_")
-        assert f"usage: {name}.py" in capsys.readouterr().out, command  # that tool's own --help
-
-
-def test_a_missing_tool_is_explained(monkeypatch, tmp_path, capsys):
-    monkeypatch.setattr(cli, "TOOLS_DIR", tmp_path / "tools")
-    with pytest.raises(SystemExit) as exit_info:
-        cli.run_tool("train")
-    assert exit_info.value.code == 2
-    err = capsys.readouterr().err
-    assert str(tmp_path / "tools" / "train.py") in err.replace("\n  ", " ") and "source checkout" in err
+        assert f"usage: {command}" in capsys.readouterr().out, command  # that tool's own --help
+        assert f"from reid.cli.{name} import entry" in (tools / f"{name}.py").read_text()  # one copy of each command
 
 
 def test_installed_console_script_runs_from_anywhere(tmp_path):

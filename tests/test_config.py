@@ -57,7 +57,7 @@ def test_unknown_key_in_file_names_file(tmp_path):
 
 
 def test_wrong_type_names_key():
-    with pytest.raises(ConfigError, match=r"SOLVER\.MAX_EPOCHS.*expects a int"):
+    with pytest.raises(ConfigError, match=r"SOLVER\.MAX_EPOCHS.*expects an int"):
         load_config(None, ["SOLVER.MAX_EPOCHS", "many"])
     with pytest.raises(ConfigError, match="MODEL.PRETRAINED"):
         load_config(None, ["MODEL.PRETRAINED", "yes"])  # no 'yes'/'no' strings: booleans are booleans

@@ -28,7 +28,7 @@ from reid.export.torchscript import load_torchscript, torchscript_operators
 from reid.export.release import RELEASE_VERSION, release_dict
 from reid.export.verify import FP16_TOLERANCE, FP32_TOLERANCE, Tolerance, VerificationReport, compare
 from reid.modeling import build_model
-from reid.modeling.lfm import LocalFeatureMasking
+from reid.modeling.regularizers.lfm import LocalFeatureMasking
 from reid.utils.checkpoint import CHECKPOINT_FORMAT, atomic_save
 from reid.utils.errors import CheckpointError, ReIDError
 

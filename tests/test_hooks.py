@@ -10,7 +10,7 @@ import torch
 from reid.config import load_config
 from reid.engine.hooks import Checkpointer, PeriodicEvaluator, ProgressLogger
 from reid.engine.trainer import Trainer
-from reid.engine.training import _archive_previous_run, _truncate_metrics
+from reid.engine.run import RunFolder
 from reid.solver import build_lr_scheduler
 from reid.utils.checkpoint import load_checkpoint
 
@@ -41,8 +41,7 @@ def make_trainer(tmp_path, evaluate, *opts, iters_per_epoch=3):
     checkpointer = Checkpointer(cfg.OUTPUT_DIR, cfg.SOLVER.CHECKPOINT_PERIOD)
     evaluator = PeriodicEvaluator(evaluate, cfg.TEST.EVAL_PERIOD, cfg.TEST.BEST_METRIC, checkpointer, cfg.OUTPUT_DIR)
     hooks = [ProgressLogger(cfg.OUTPUT_DIR, 1, 4), checkpointer, evaluator]
-    return Trainer(cfg, model, _CrossEntropy(), optimizer, scheduler, batches, None, torch.device("cpu"),
-                   hooks=hooks)
+    return Trainer(cfg, model, _CrossEntropy(), optimizer, scheduler, batches, torch.device("cpu"), hooks=hooks)
 
 
 @pytest.mark.parametrize("metric, best_epoch", [("mAP", 2), ("R1", 3), ("mINP", 1)])
@@ -89,7 +88,7 @@ def test_logged_lr_is_the_lr_the_step_trained_with(tmp_path):
 def test_fresh_start_archives_logs_and_removes_stale_checkpoints(tmp_path):
     for name in ("last.pth", "best.pth", "epoch_010.pth", "metrics.jsonl", "log.txt", "config.yaml"):
         (tmp_path / name).write_text("old")
-    _archive_previous_run(tmp_path)
+    RunFolder(tmp_path).archive_previous_run()
     left = sorted(p.name for p in tmp_path.iterdir())
     assert [n for n in left if n.endswith(".pth")] == []
     assert any(n.startswith("metrics.") and n.endswith(".jsonl") and n != "metrics.jsonl" for n in left)
@@ -102,5 +101,5 @@ def test_resume_drops_metrics_written_after_the_checkpoint(tmp_path):
     records = [{"type": "train", "epoch": 1, "iter": 3}, {"type": "eval", "epoch": 1},
                {"type": "train", "epoch": 2, "iter": 5}]
     path.write_text("".join(json.dumps(r) + "\n" for r in records) + '{"type": "tra')  # killed mid-line
-    _truncate_metrics(path, iteration=3, epoch=1)
+    RunFolder(tmp_path).truncate_metrics(iteration=3, epoch=1)
     assert [json.loads(line) for line in path.read_text().splitlines()] == records[:2]

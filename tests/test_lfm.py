@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch.overrides import TorchFunctionMode
 
-from reid.modeling.lfm import LocalFeatureMasking, Rectangles
+from reid.modeling.regularizers.lfm import LocalFeatureMasking, Rectangles
 from reid.utils.errors import ConfigError, ReIDError
 
 

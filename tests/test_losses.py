@@ -4,7 +4,9 @@ import torch
 import torch.nn.functional as F
 
 from reid.config import load_config
-from reid.modeling.losses import CenterLoss, ReIDLoss, TripletLoss, hard_example_mining, pairwise_euclidean
+from reid.modeling.losses import ReIDLoss
+from reid.modeling.losses.center import CenterLoss
+from reid.modeling.losses.triplet import TripletLoss, hard_example_mining, pairwise_euclidean
 
 
 def test_pairwise_euclidean_matches_cdist():

@@ -10,16 +10,19 @@ import shutil
 import pytest
 import yaml
 
-import reid.engine.training
+import reid.experiments.study.runner as study_runner
 from reid.config import load_config
-from reid.engine.attacking import ATTACK_PROTOCOL, AttackRun
 from reid.engine.hooks import Checkpointer
-from reid.engine.study import (
+from reid.evaluation.attacks import AttackRun
+from reid.evaluation.robustness import ATTACK_PROTOCOL
+from reid.experiments.study import (
     RECORD_NAME,
     STUDY_TRIPTYCHS,
+    CellRecord,
     aggregate,
     load_study,
     missing_runs,
+    read_record,
     requested_runs,
     run_study,
     source_domain,
@@ -58,6 +61,16 @@ def one_cell_study(tmp_path, root, **changes):
     return load_study(str(write_study(tmp_path, root, **{"seeds": [0], "arms": {"none": []}, **changes})))
 
 
+def attack_keys(record: dict) -> set[tuple[str, str, float]]:
+    """The (attack, objective, eps) of a record's structured attack entries."""
+    return {(row["attack"], row["objective"], row["eps"]) for row in record["attacks"]}
+
+
+def attack_entry(record: dict, attack: str, objective: str, eps: float) -> dict:
+    return next(row for row in record["attacks"] if (row["attack"], row["objective"], row["eps"]) == (
+        attack, objective, eps))
+
+
 @pytest.fixture(scope="module")
 def finished_cell(synthetic_root, tmp_path_factory):
     """A one-cell study (arm none, seed 0) trained and attacked once; tests work on copies of it."""
@@ -71,7 +84,7 @@ def study_copy(finished_cell, tmp_path, monkeypatch):
     def no_training(*args, **kwargs):
         raise AssertionError("the study retrained a cell")
 
-    monkeypatch.setattr(reid.engine.training, "train", no_training)
+    monkeypatch.setattr(study_runner, "train", no_training)
     return shutil.copytree(finished_cell, tmp_path / "study")
 
 
@@ -97,8 +110,12 @@ def test_tiny_study_runs_and_resumes(synthetic_root, tmp_path, finished_cell):
     assert "| lfm |" in table and "fgsm/feature/eps8" in table and "cross synthetic_duke" in table
     record = json.loads((out / "lfm" / "seed1" / "study_record.json").read_text())
     assert set(record["clean"]) == {"synthetic_market", "synthetic_duke"}
-    assert "fgsm/feature/eps8" in record["attacks"]
+    assert attack_keys(record) == {("fgsm", "feature", 8.0)}
     assert record["config"]["MODEL"]["REGULARIZER"]["NAME"] == "lfm" and record["config"]["SEED"] == 1
+    # The CSV files hold the attack as fields, not as a string to parse back.
+    long_csv = (out / "study_long.csv").read_text().splitlines()
+    assert long_csv[0] == "arm,seed,dataset,domain,attack,objective,eps,metric,value"
+    assert any(line.startswith("lfm,1,synthetic_market,same,fgsm,feature,8.0,mAP,") for line in long_csv)
 
     # Resume: completed cells are not recomputed; a removed record is rebuilt from the trained weights.
     done = out / "none" / "seed0" / "study_record.json"
@@ -140,8 +157,8 @@ def test_new_attack_settings_reuse_the_trained_cell(study_copy, synthetic_root, 
 
     run_study(one_cell_study(tmp_path, synthetic_root, eps=[4, 8]))  # training would fail the test
     after = json.loads((cell / "study_record.json").read_text())
-    assert set(after["attacks"]) == {"fgsm/feature/eps4", "fgsm/feature/eps8"}
-    assert after["attacks"]["fgsm/feature/eps8"] == before["attacks"]["fgsm/feature/eps8"]
+    assert attack_keys(after) == {("fgsm", "feature", 4.0), ("fgsm", "feature", 8.0)}
+    assert attack_entry(after, "fgsm", "feature", 8.0) == attack_entry(before, "fgsm", "feature", 8.0)
     assert after["clean"] == before["clean"]
     assert (cell / "last.pth").stat().st_mtime_ns == weights_stamp
     table = (study_copy / "study.md").read_text()
@@ -152,15 +169,17 @@ def test_new_attack_settings_reuse_the_trained_cell(study_copy, synthetic_root, 
     run_study(one_cell_study(tmp_path, synthetic_root, eps=[4]))
     assert (cell / "study_record.json").stat().st_mtime_ns == record_stamp
     assert "eps8" not in (study_copy / "study.md").read_text()
-    assert "fgsm/feature/eps8" in json.loads((cell / "study_record.json").read_text())["attacks"]
+    assert ("fgsm", "feature", 8.0) in attack_keys(json.loads((cell / "study_record.json").read_text()))
 
 
 def test_old_records_are_checked_against_their_checkpoint(study_copy, synthetic_root, tmp_path):
     path = study_copy / "none" / "seed0" / "study_record.json"
     old = json.loads(path.read_text())
     config = old.pop("config")
-    for row in old["attacks"].values():
-        row.pop("steps")
+    # An earlier version's record: no config, no step counts, entries keyed by "attack/objective/eps<E>".
+    old["attacks"] = {f"{row['attack']}/{row['objective']}/eps{row['eps']:g}": {
+        k: v for k, v in row.items() if k not in ("attack", "objective", "eps", "steps")} for row in old["attacks"]}
+    assert set(old["attacks"]) == {"fgsm/feature/eps8"}
     path.write_text(json.dumps(old))
     with pytest.raises(ConfigError, match=r"SOLVER\.MAX_EPOCHS: 1 -> 2"):
         run_study(one_cell_study(tmp_path, synthetic_root), ["SOLVER.MAX_EPOCHS", "2"])
@@ -168,9 +187,10 @@ def test_old_records_are_checked_against_their_checkpoint(study_copy, synthetic_
     run_study(one_cell_study(tmp_path, synthetic_root))  # matches last.pth: upgraded in place, not retrained
     upgraded = json.loads(path.read_text())
     assert upgraded["config"]["SOLVER"] == config["SOLVER"]
-    # Entries of an earlier attack version are recomputed from last.pth (not taken as today's numbers).
-    assert upgraded["attacks"]["fgsm/feature/eps8"]["steps"] == 1
-    assert upgraded["attacks"]["fgsm/feature/eps8"]["protocol"] == ATTACK_PROTOCOL
+    # Entries of an earlier attack version are recomputed from last.pth (not taken as today's numbers), and the
+    # record is written back in today's structured format.
+    assert attack_entry(upgraded, "fgsm", "feature", 8.0)["steps"] == 1
+    assert attack_entry(upgraded, "fgsm", "feature", 8.0)["protocol"] == ATTACK_PROTOCOL
 
 
 def test_half_trained_cell_resumes_from_its_last_checkpoint(synthetic_root, tmp_path, monkeypatch):
@@ -190,22 +210,22 @@ def test_half_trained_cell_resumes_from_its_last_checkpoint(synthetic_root, tmp_
             run_study(spec)
     assert load_checkpoint(cell / "last.pth")["epoch"] == 1 and not (cell / RECORD_NAME).exists()
 
-    train, resumed = reid.engine.training.train, []
+    train, resumed = study_runner.train, []
 
     def spy(cfg, resume=False, **kwargs):
         resumed.append(resume)
         return train(cfg, resume=resume, **kwargs)
 
-    monkeypatch.setattr(reid.engine.training, "train", spy)
+    monkeypatch.setattr(study_runner, "train", spy)
     run_study(spec)
     assert resumed == [True]  # continued from last.pth, not restarted
     assert load_checkpoint(cell / "last.pth")["epoch"] == 2
     record = json.loads((cell / RECORD_NAME).read_text())
-    assert record["config"]["SOLVER"]["MAX_EPOCHS"] == 2 and "fgsm/feature/eps8" in record["attacks"]
+    assert record["config"]["SOLVER"]["MAX_EPOCHS"] == 2 and attack_keys(record) == {("fgsm", "feature", 8.0)}
 
 
 def test_bad_regularizer_settings_fail_before_anything_trains(synthetic_root, tmp_path, monkeypatch):
-    monkeypatch.setattr(reid.engine.training, "train", lambda *a, **k: pytest.fail("the study trained a cell"))
+    monkeypatch.setattr(study_runner, "train", lambda *a, **k: pytest.fail("the study trained a cell"))
     bad_stage = ["MODEL.REGULARIZER.NAME", "lfm", "MODEL.REGULARIZER.STAGE", "nosuchlayer"]
     with pytest.raises(ConfigError, match=r"tiny\.yml, field 'arms', arm 'lfm': .*stage 'nosuchlayer'"):
         load_study(str(write_study(tmp_path, synthetic_root, arms={"none": [], "lfm": bad_stage})))
@@ -242,11 +262,12 @@ def test_requested_and_missing_attack_entries():
     requested = requested_runs(spec)
     fgsm, ifgsm = AttackRun("fgsm", "feature", 8.0), AttackRun("ifgsm", "feature", 8.0)
     assert requested == {fgsm: 1, ifgsm: 3}  # FGSM is one step whatever the study's steps
-    record = {"attacks": {fgsm.key: {"mAP": 0.5, "steps": 1, "protocol": ATTACK_PROTOCOL},
-                          ifgsm.key: {"mAP": 0.4, "steps": 2, "protocol": ATTACK_PROTOCOL}}}
+    record = CellRecord("none", 0, "synthetic_market", None, {})
+    record.add(fgsm, {"R1": 0.6, "mAP": 0.5, "mINP": 0.2}, steps=1)
+    record.add(ifgsm, {"R1": 0.5, "mAP": 0.4, "mINP": 0.1}, steps=2)
     assert missing_runs(record, requested) == [ifgsm]  # computed with another step count
     assert missing_runs(None, requested) == [fgsm, ifgsm]
-    record["attacks"][fgsm.key]["protocol"] = ATTACK_PROTOCOL - 1
+    record.attacks[fgsm].protocol = ATTACK_PROTOCOL - 1
     assert missing_runs(record, requested) == [fgsm, ifgsm]  # computed by an earlier version of the attacks
 
 
@@ -302,7 +323,8 @@ def test_shipped_presets_load():
 
 
 def test_aggregate_mean_std_and_paired_delta():
-    rows = [{"arm": arm, "seed": seed, "condition": "same-domain", "metric": "mAP", "value": value}
+    rows = [{"arm": arm, "seed": seed, "dataset": "market", "domain": "same", "attack": "", "objective": "", "eps": "",
+             "metric": "mAP", "value": value}
             for arm, seed, value in [("none", 0, 0.5), ("none", 1, 0.7), ("lfm", 0, 0.6), ("lfm", 1, 0.9)]]
     by_arm = {s["arm"]: s for s in aggregate(rows, "none")}
     assert by_arm["lfm"]["mean"] == pytest.approx(0.75)
@@ -310,3 +332,20 @@ def test_aggregate_mean_std_and_paired_delta():
     assert by_arm["lfm"]["delta_vs_baseline"] == pytest.approx(0.15)  # (0.1 + 0.2) / 2, paired by seed
     assert by_arm["lfm"]["delta_std"] == pytest.approx(0.070711, abs=1e-6)
     assert by_arm["none"]["delta_vs_baseline"] == 0.0
+
+
+def test_records_round_trip_and_read_the_earlier_format(tmp_path):
+    from reid.experiments.study.records import write_record
+
+    path = tmp_path / RECORD_NAME
+    record = CellRecord("lfm", 1, "market1501", {"SEED": 1}, {"market1501": {"R1": 0.9, "mAP": 0.8, "mINP": 0.4}})
+    record.add(AttackRun("pgd", "metric", 4.0), {"R1": 0.5, "mAP": 0.4, "mINP": 0.1, "R5": 0.7}, steps=10)
+    write_record(path, record)
+    assert read_record(path) == record
+    assert json.loads(path.read_text())["attacks"] == [{"attack": "pgd", "objective": "metric", "eps": 4.0,
+                                                       "steps": 10, "protocol": ATTACK_PROTOCOL, "R1": 0.5,
+                                                       "mAP": 0.4, "mINP": 0.1}]
+    legacy = {**record.to_json(), "attacks": {"pgd/metric/eps4": {"R1": 0.5, "mAP": 0.4, "mINP": 0.1, "steps": 10,
+                                                                  "protocol": ATTACK_PROTOCOL}}}
+    path.write_text(json.dumps(legacy))  # keyed by strings, as records of earlier versions are
+    assert read_record(path).attacks == record.attacks

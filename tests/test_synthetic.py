@@ -12,7 +12,7 @@ import cv2
 import numpy as np
 import pytest
 
-from reid.data.synthetic import (
+from reid.experiments.synthetic import (
     MANIFEST_NAME,
     STYLES,
     SUBSETS,

@@ -109,23 +109,23 @@ def test_checkpoint_without_config_needs_config(tmp_path, checkpoint):
 
 
 def test_a_config_that_changes_the_features_is_warned_about(synthetic_root, tmp_path, checkpoint, caplog):
-    from reid.engine.inference import load_model_for_inference
+    from reid.modeling import load_model
 
     same = load_config("lfm_synthetic.yml", tiny_train_opts(synthetic_root, tmp_path / "train"))
     with caplog.at_level("WARNING", logger="reid.engine"):
-        load_model_for_inference(checkpoint, same)
+        load_model(checkpoint, same)
     assert not caplog.records
     other = load_config("lfm_synthetic.yml", tiny_train_opts(synthetic_root, tmp_path / "train", "MODEL.LAST_STRIDE",
                                                              "2", "INPUT.SIZE_TEST", "(128, 64)"))
     with caplog.at_level("WARNING", logger="reid.engine"):
-        load_model_for_inference(checkpoint, other)  # the tensors fit: it loads, with a warning
+        load_model(checkpoint, other)  # the tensors fit: it loads, with a warning
     (record,) = caplog.records
     assert "model.pth" in record.message and "MODEL.LAST_STRIDE 1 -> 2" in record.message
     assert "INPUT.SIZE_TEST" in record.message and "-> [128, 64]" in record.message
 
 
 def test_an_override_repairs_a_stored_value_this_version_refuses(tmp_path, checkpoint):
-    from reid.engine.inference import load_model_for_inference
+    from reid.modeling import load_model
     from reid.engine.testing import config_and_weights
     from reid.utils.checkpoint import load_checkpoint
     from reid.utils.errors import CheckpointError
@@ -135,7 +135,7 @@ def test_an_override_repairs_a_stored_value_this_version_refuses(tmp_path, check
     old = tmp_path / "old.pth"
     atomic_save(state, old)
     with pytest.raises(CheckpointError, match="old.pth is not valid for this version.*Override the key"):
-        load_model_for_inference(old)
+        load_model(old)
     cfg, _ = config_and_weights(None, str(old), ["TEST.ATTACK.EPS", "(2.0,)"])
     assert tuple(cfg.TEST.ATTACK.EPS) == (2.0,)
-    load_model_for_inference(old, cfg)
+    load_model(old, cfg)

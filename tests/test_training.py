@@ -13,7 +13,8 @@ import torch
 
 from reid.config import load_config
 from reid.engine.trainer import NonFiniteLossError
-from reid.engine.training import setup_run, train
+from reid.engine.run import setup_run
+from reid.engine.training import train
 from reid.modeling.losses import ReIDLoss
 from reid.utils.checkpoint import load_checkpoint
 from reid.utils.errors import CheckpointError
@@ -140,8 +141,7 @@ def test_each_ddp_rank_draws_its_own_random_stream(monkeypatch):
         monkeypatch.setattr(trainer_module.comm, "get_rank", lambda rank=rank: rank)
         monkeypatch.setattr(trainer_module, "seed_everything",
                             lambda seed, rank=rank: seeds.setdefault(rank, []).append(seed))
-        trainer_module.Trainer(cfg, model, None, optimizer, None, loader=[], sampler=None,
-                               device=torch.device("cpu")).train()
+        trainer_module.Trainer(cfg, model, None, optimizer, None, loader=[], device=torch.device("cpu")).train()
     assert seeds[0] == [3 * 1_000_003, 3 * 1_000_003 + 1]
     assert len(set(seeds[0]) | set(seeds[1])) == 4
 

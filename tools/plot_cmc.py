@@ -1,34 +1,12 @@
 #!/usr/bin/env python
-"""Compare runs by their CMC curves: one cmc_<dataset>.png per dataset, one curve per run folder.
+"""Runs ``reid-plot-cmc`` (reid/cli/plot_cmc.py) from a checkout, without installing the package."""
 
-    python tools/plot_cmc.py output/bot_market output/lfm_market --output-dir plots
-    python tools/plot_cmc.py output/bot_market output/lfm_market --dataset dukemtmc --max-rank 10 --rerank
-
-Each RUN_DIR must hold the results.json written by tools/train.py or tools/test.py.
-"""
-
-import argparse
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from reid.evaluation.visualize import plot_runs_cmc  # noqa: E402
-from reid.utils.cli import run_cli  # noqa: E402
-
-
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run folders holding results.json")
-    parser.add_argument("--output-dir", "-o", default=".", help="folder for cmc_<dataset>.png (default: .)")
-    parser.add_argument("--dataset", default=None, help="plot only this dataset (default: every dataset found)")
-    parser.add_argument("--max-rank", type=int, default=20, help="last rank on the x axis (default: 20)")
-    parser.add_argument("--rerank", action="store_true", help="also draw re-ranked curves where the runs have them")
-    args = parser.parse_args(argv)
-    for path in plot_runs_cmc(args.run_dirs, args.output_dir, dataset=args.dataset, max_rank=args.max_rank,
-                              rerank=args.rerank):
-        print(f"Wrote {path}")
-
+from reid.cli.plot_cmc import entry  # noqa: E402
 
 if __name__ == "__main__":
-    run_cli(main)
+    entry()

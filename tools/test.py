@@ -1,34 +1,12 @@
 #!/usr/bin/env python
-"""Evaluate a trained model on every dataset of DATASETS.TEST (same- and cross-domain) in one run.
+"""Runs ``reid-test`` (reid/cli/test.py) from a checkout, without installing the package."""
 
-    python tools/test.py --config lfm_market.yml --weights output/lfm_market/best.pth
-    python tools/test.py --weights best.pth --vis 10 DATASETS.TEST "('market1501', 'dukemtmc')" TEST.RERANK True
-
-Options (--config, --weights, --vis, --vis-mode) come first: everything after the first KEY VALUE
-override is read as more overrides. Without --config, the config stored in the checkpoint is used
-(overrides still apply); a checkpoint that stores none needs --config.
-"""
-
-import argparse
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from reid.engine.testing import config_and_weights, test  # noqa: E402
-from reid.utils.cli import add_config_arguments, run_cli  # noqa: E402
-
-
-def main() -> None:
-    parser = add_config_arguments(argparse.ArgumentParser(description=__doc__.splitlines()[0]))
-    parser.add_argument("--weights", "-w", default=None, help="checkpoint (default: TEST.WEIGHTS, OUTPUT_DIR/best.pth)")
-    parser.add_argument("--vis", type=int, default=0, metavar="N", help="draw ranked lists of N queries per dataset")
-    parser.add_argument("--vis-mode", choices=("worst", "best", "random"), default="worst",
-                        help="which queries --vis draws, by average precision")
-    args = parser.parse_args()
-    cfg, weights = config_and_weights(args.config, args.weights, args.opts)
-    test(cfg, weights, vis=args.vis, vis_mode=args.vis_mode)
-
+from reid.cli.test import entry  # noqa: E402
 
 if __name__ == "__main__":
-    run_cli(main)
+    entry()

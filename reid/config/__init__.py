@@ -1,7 +1,9 @@
-"""Configuration: defaults (the single source of truth) and loading with ``_BASE_`` and overrides."""
+"""Configuration: core defaults, components' own nodes, and loading with ``_BASE_`` and overrides."""
 
+from reid.config.configurable import ComponentRegistry, ConfigNode, Option
 from reid.config.defaults import get_cfg_defaults
 from reid.config.loader import (
+    config_dir,
     config_from_dict,
     config_to_dict,
     flatten_config,
@@ -10,5 +12,5 @@ from reid.config.loader import (
     save_config,
 )
 
-__all__ = ["get_cfg_defaults", "load_config", "resolve_config_path", "save_config", "config_from_dict",
-           "config_to_dict", "flatten_config"]
+__all__ = ["ComponentRegistry", "ConfigNode", "Option", "config_dir", "config_from_dict", "config_to_dict",
+           "flatten_config", "get_cfg_defaults", "load_config", "resolve_config_path", "save_config"]

@@ -1,9 +1,17 @@
-"""Every option of the toolkit, with its default and a one-line comment: the single source of truth.
+"""The core options of the toolkit, each with its default, a one-line comment and its rule.
 
-Experiment files in ``configs/`` override a subset of these keys (and may inherit from another file
-through ``_BASE_``); command-line ``KEY VALUE`` pairs override last. Defaults reproduce BoT
-(reid-strong-baseline) on Market-1501 with a ResNet-50, LFM off.
+A component's own options (``MODEL.LFM``, ``MODEL.DROPBLOCK``, ``MODEL.TRIPLET``, ``TEST.ATTACK``...) live
+in the component's module, next to the code that reads them, and are added here when it registers
+(:mod:`reid.config.configurable`); ``python -m reid.config`` lists every key. Experiment files override a
+subset of the keys (and may inherit from another file through ``_BASE_``); command-line ``KEY VALUE``
+pairs override last. Defaults reproduce BoT (reid-strong-baseline) on Market-1501 with a ResNet-50, LFM off.
+
+The rules below the keys (choices, ranges) are checked whenever a config is loaded.
 """
+
+from __future__ import annotations
+
+from typing import Any
 
 from yacs.config import CfgNode as CN
 
@@ -25,42 +33,13 @@ _C.MODEL.PIXEL_STD = (0.229, 0.224, 0.225)  # RGB std in [0, 1]
 _C.MODEL.POOLING = "avg"  # global pooling: "avg" (BoT) or "gem" (generalised mean, p=3)
 _C.MODEL.NECK = "bnneck"  # "bnneck" (BatchNorm1d, frozen zero bias) or "none"
 _C.MODEL.NECK_FEAT = "after"  # inference feature: "after" (post-BNNeck) or "before" the neck
-_C.MODEL.LOSSES = ("ce", "triplet")  # any of "ce" (label-smoothed ID loss), "triplet", "center"
+_C.MODEL.LOSSES = ("ce", "triplet")  # registered losses: "ce" (label-smoothed ID), "triplet", "center"
 
-_C.MODEL.CE = CN()
-_C.MODEL.CE.EPSILON = 0.1  # label-smoothing epsilon; 0 = plain cross-entropy
-_C.MODEL.CE.WEIGHT = 1.0  # weight of the ID loss in the total
-
-_C.MODEL.TRIPLET = CN()
-_C.MODEL.TRIPLET.MARGIN = 0.3  # margin of the batch-hard triplet loss
-_C.MODEL.TRIPLET.SOFT_MARGIN = False  # use log(1 + exp(d_ap - d_an)) instead of a hard margin
-_C.MODEL.TRIPLET.WEIGHT = 1.0  # weight of the triplet loss in the total
-
-_C.MODEL.CENTER = CN()
-_C.MODEL.CENTER.WEIGHT = 5e-4  # weight of the center loss (BoT: 5e-4)
-_C.MODEL.CENTER.LR = 0.5  # learning rate of the centers' own SGD optimizer (BoT: 0.5)
-
-# Train-only regulariser inserted at one backbone stage; this is where LFM lives.
+# Train-only regulariser inserted at one backbone stage; this is where LFM lives. Each regulariser's own
+# options (MODEL.LFM, MODEL.DROPOUT, MODEL.DROPBLOCK) are in its module under reid/modeling/regularizers/.
 _C.MODEL.REGULARIZER = CN()
 _C.MODEL.REGULARIZER.NAME = "none"  # none, lfm, dropout, spatial_dropout, dropblock, random_erasing (input-level)
 _C.MODEL.REGULARIZER.STAGE = "conv1"  # "conv1" (paper), "stem" (after max-pool), "layer1", "layer2" or a module path
-
-_C.MODEL.LFM = CN()
-_C.MODEL.LFM.ENABLED = False  # shorthand for MODEL.REGULARIZER.NAME "lfm"
-_C.MODEL.LFM.PROB = 0.15  # probability that a sample of the batch is masked
-_C.MODEL.LFM.CHANNELS = 32  # channels drawn (with replacement) per masked sample
-_C.MODEL.LFM.CHANNEL_FRACTION = 0.0  # if > 0, draw this fraction of the stage's channels instead of CHANNELS
-_C.MODEL.LFM.AREA = (0.02, 0.4)  # range of a rectangle's area, as a fraction of the feature map
-_C.MODEL.LFM.ASPECT = (0.3, 3.33)  # range of a rectangle's aspect ratio (height / width)
-_C.MODEL.LFM.FILL = "random"  # value in a rectangle: "random" (uniform [0, 1)), "zero" or "mean" (channel mean)
-_C.MODEL.LFM.SHARED_CHANNELS = False  # draw one channel set for the whole batch instead of per sample
-
-_C.MODEL.DROPOUT = CN()
-_C.MODEL.DROPOUT.P = 0.1  # drop probability of "dropout" (elements) and "spatial_dropout" (channels)
-
-_C.MODEL.DROPBLOCK = CN()
-_C.MODEL.DROPBLOCK.BLOCK_SIZE = 7  # side of a dropped square block, in feature-map cells
-_C.MODEL.DROPBLOCK.KEEP_PROB = 0.9  # expected fraction of activations kept
 
 # ---------------------------------------------------------------------------------------------
 _C.INPUT = CN()
@@ -123,15 +102,45 @@ _C.TEST.MAX_RANK = 50  # length of the CMC curve
 _C.TEST.BEST_METRIC = "mAP"  # "mAP", "R1" or "mINP": keeps best.pth by this metric on the first test dataset
 _C.TEST.WEIGHTS = ""  # checkpoint evaluated by tools/test.py when --weights is not given
 
-# Adversarial robustness of the query set (tools/attack.py and the study).
-_C.TEST.ATTACK = CN()
-_C.TEST.ATTACK.NAME = ""  # "", "fgsm", "ifgsm", "mifgsm" or "pgd"
-_C.TEST.ATTACK.EPS = (2.0, 4.0, 8.0)  # L-inf budgets, in 1/255 units of the [0, 1] image range
-_C.TEST.ATTACK.STEPS = 10  # iterations of the iterative attacks
-_C.TEST.ATTACK.OBJECTIVE = "feature"  # "feature" (away from its clean feature), "metric" (from true matches), "both"
-_C.TEST.ATTACK.SEED = 0  # seed of random starts, so the adversarial set is reproducible
+# ---------------------------------------------------------------------------------------------
+# Rules of the core keys, checked on every load (reid.config.loader.finalize_config).
+CHOICES: dict[str, tuple[str, ...]] = {
+    "MODEL.NECK": ("bnneck", "none"),
+    "MODEL.NECK_FEAT": ("after", "before"),
+    "MODEL.POOLING": ("avg", "gem"),
+    "SOLVER.SCHED": ("multistep", "cosine"),
+    "SOLVER.AMP_DTYPE": ("bf16", "fp16"),
+    "DATALOADER.SAMPLER": ("pk", "random"),
+    "TEST.METRIC": ("cosine", "euclidean"),
+    "TEST.BEST_METRIC": ("mAP", "R1", "mINP"),
+}
+POSITIVE = ("SOLVER.BASE_LR", "SOLVER.MAX_EPOCHS", "SOLVER.IMS_PER_BATCH", "TEST.IMS_PER_BATCH",
+            "DATALOADER.NUM_INSTANCE", "TEST.MAX_RANK", "SOLVER.LOG_PERIOD")
+AT_LEAST_ONE = ("TEST.RERANK_K1", "TEST.RERANK_K2")
+NON_NEGATIVE = ("DATALOADER.NUM_WORKERS", "SOLVER.WARMUP_EPOCHS", "TEST.EVAL_PERIOD", "SOLVER.CHECKPOINT_PERIOD")
+PROBABILITIES = ("INPUT.FLIP_PROB", "INPUT.RE_PROB", "TEST.RERANK_LAMBDA")
+AREA_RANGES = ("INPUT.RE_AREA",)  # (low, high) with 0 < low <= high <= 1
+IMAGE_SIZES = ("INPUT.SIZE_TRAIN", "INPUT.SIZE_TEST")  # (height, width), both positive
+RGB_TRIPLES = ("MODEL.PIXEL_MEAN", "MODEL.PIXEL_STD")
+NON_EMPTY = {"DATASETS.TRAIN": "a registered dataset such as market1501", "DATASETS.TEST": "a registered dataset such "
+             "as market1501", "MODEL.LOSSES": "a registered loss: ce, triplet or center"}
 
 
 def get_cfg_defaults() -> CN:
-    """A fresh, mutable copy of the defaults."""
+    """A fresh, mutable copy of the defaults (core keys and every registered component's node)."""
     return _C.clone()
+
+
+def add_node(path: str, values: dict[str, Any]) -> None:
+    """Add a component's node (``MODEL.LFM``) with its default ``values``; registering the same node again
+    with the same defaults (two regularisers sharing ``MODEL.DROPOUT``) is a no-op."""
+    parent_path, _, name = path.rpartition(".")
+    parent = _C
+    for part in parent_path.split(".") if parent_path else ():
+        parent = parent[part]
+    if name in parent:
+        existing = parent[name]
+        if not isinstance(existing, CN) or dict(existing) != values:
+            raise KeyError(f"Config node {path} is already defined with other keys or defaults: {existing!r}")
+        return
+    parent[name] = CN(values)

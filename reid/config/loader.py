@@ -14,15 +14,21 @@ from typing import Any, Iterable, Sequence
 import yaml
 from yacs.config import CfgNode as CN
 
+from reid.config import checks, defaults
+from reid.config.configurable import check_registered_components
 from reid.config.defaults import get_cfg_defaults
 from reid.utils.errors import ConfigError
 
 BASE_KEY = "_BASE_"
-# The checkout's configs/ (a source or editable install); an installed wheel falls back to ./configs.
-CONFIGS_DIR = Path(__file__).resolve().parents[2] / "configs"
-if not CONFIGS_DIR.is_dir():
-    CONFIGS_DIR = Path.cwd() / "configs"
+# The shipped experiment files are package data (the checkout's top-level configs/ links to them), so an
+# installed package finds them by name from any folder, as detectron2's model zoo configs.
+CONFIGS_DIR = Path(__file__).resolve().parents[1] / "configs"
 STUDY_DIR_NAME = "study"  # configs/study/*.yml describe study grids (tools/study.py), not one run
+
+
+def config_dir() -> Path:
+    """The folder of the shipped experiment files (``lfm_market.yml``...) and study presets (``study/``)."""
+    return CONFIGS_DIR
 
 
 def resolve_config_path(name: str | Path) -> Path:
@@ -127,9 +133,14 @@ def _coerce(key: str, value: Any, default: Any, source: str) -> Any:
                 )
             return tuple(value)
     raise ConfigError(
-        f"Config key {key} ({source}) expects a {type(default).__name__} like {default!r}, got {value!r} "
+        f"Config key {key} ({source}) expects {_a(type(default).__name__)} like {default!r}, got {value!r} "
         f"({type(value).__name__})."
     )
+
+
+def _a(noun: str) -> str:
+    """The noun with its indefinite article ("an int", "a float")."""
+    return f"{'an' if noun[0] in 'aeiou' else 'a'} {noun}"
 
 
 def _same_kind(value: Any, example: Any) -> bool:
@@ -146,8 +157,9 @@ def _merge(cfg: CN, updates: dict, source: str, prefix: str = "") -> None:
             close = difflib.get_close_matches(full, _all_keys(get_cfg_defaults()), n=1, cutoff=0.5)
             hint = f" The closest valid key is {close[0]}." if close else ""
             raise ConfigError(
-                f"Unknown config key {full} ({source}).{hint} "
-                "Every valid key, with its meaning, is listed in reid/config/defaults.py."
+                f"Unknown config key {full} ({source}).{hint} Every valid key, with its default and meaning, is "
+                "listed by `python -m reid.config`; a key of your own component exists once its module is "
+                "imported (--plugin)."
             )
         default = cfg[key]
         if isinstance(default, CN):
@@ -203,118 +215,42 @@ def load_config(config: str | Path | None = None, opts: Iterable[str] = (), free
 
 
 def finalize_config(cfg: CN) -> None:
-    """Resolve shorthands and check cross-key constraints once, so every consumer sees one truth."""
-    reg = cfg.MODEL.REGULARIZER
-    if cfg.MODEL.LFM.ENABLED:
-        if reg.NAME not in ("none", "lfm"):
-            raise ConfigError(
-                f"MODEL.LFM.ENABLED is True but MODEL.REGULARIZER.NAME is {reg.NAME!r}: one stage holds one "
-                "regulariser. Set MODEL.LFM.ENABLED False or MODEL.REGULARIZER.NAME lfm."
-            )
-        reg.NAME = "lfm"
-    choices = {
-        "MODEL.REGULARIZER.NAME": (reg.NAME, ("none", "lfm", "dropout", "spatial_dropout", "dropblock",
-                                              "random_erasing")),
-        "MODEL.NECK": (cfg.MODEL.NECK, ("bnneck", "none")),
-        "MODEL.NECK_FEAT": (cfg.MODEL.NECK_FEAT, ("after", "before")),
-        "MODEL.POOLING": (cfg.MODEL.POOLING, ("avg", "gem")),
-        "MODEL.LFM.FILL": (cfg.MODEL.LFM.FILL, ("random", "zero", "mean")),
-        "SOLVER.OPTIMIZER": (cfg.SOLVER.OPTIMIZER, ("adam", "adamw", "sgd")),
-        "SOLVER.SCHED": (cfg.SOLVER.SCHED, ("multistep", "cosine")),
-        "SOLVER.AMP_DTYPE": (cfg.SOLVER.AMP_DTYPE, ("bf16", "fp16")),
-        "DATALOADER.SAMPLER": (cfg.DATALOADER.SAMPLER, ("pk", "random")),
-        "TEST.METRIC": (cfg.TEST.METRIC, ("cosine", "euclidean")),
-        "TEST.BEST_METRIC": (cfg.TEST.BEST_METRIC, ("mAP", "R1", "mINP")),
-        "TEST.ATTACK.NAME": (cfg.TEST.ATTACK.NAME, ("", "fgsm", "ifgsm", "mifgsm", "pgd")),
-        "TEST.ATTACK.OBJECTIVE": (cfg.TEST.ATTACK.OBJECTIVE, ("feature", "metric", "both")),
-    }
-    for key, (value, allowed) in choices.items():
-        if value not in allowed:
-            close = difflib.get_close_matches(str(value), allowed, n=1)
-            hint = f" Did you mean {close[0]!r}?" if close else ""
-            raise ConfigError(f"Config key {key} is {value!r}; expected one of {', '.join(map(repr, allowed))}.{hint}")
-    if reg.NAME == "random_erasing" and cfg.INPUT.RE_PROB <= 0:
-        raise ConfigError(
-            "MODEL.REGULARIZER.NAME random_erasing regularises the input, not a feature map: it needs "
-            "INPUT.RE_PROB > 0 (BoT: 0.5)."
-        )
-    for loss in cfg.MODEL.LOSSES:
-        if loss not in ("ce", "triplet", "center"):
-            raise ConfigError(f"MODEL.LOSSES holds {loss!r}; expected any of 'ce', 'triplet', 'center'.")
-    if not cfg.MODEL.LOSSES:
-        raise ConfigError("MODEL.LOSSES is empty; give at least one of 'ce', 'triplet', 'center'.")
+    """Check the core rules and every registered component's (which also resolve shorthands such as
+    MODEL.LFM.ENABLED), once, so every consumer sees one truth."""
+    for key, allowed in defaults.CHOICES.items():
+        checks.require_choice(key, _get(cfg, key), allowed)
+    for key, example in defaults.NON_EMPTY.items():
+        if not _get(cfg, key):
+            raise ConfigError(f"Config key {key} is empty; name at least one: {example}.")
+    for key in defaults.POSITIVE:
+        checks.require_positive(key, _get(cfg, key))
+    for key in defaults.AT_LEAST_ONE:
+        checks.require_range(key, _get(cfg, key), 1, None)
+    for key in defaults.NON_NEGATIVE:
+        checks.require_range(key, _get(cfg, key), 0, None)
+    for key in defaults.PROBABILITIES:
+        checks.require_range(key, _get(cfg, key), 0.0, 1.0)
+    for key in defaults.AREA_RANGES:
+        checks.require_ordered_pair(key, _get(cfg, key), 0.0, 1.0)
+    for key in defaults.IMAGE_SIZES:
+        size = tuple(_get(cfg, key))
+        if len(size) != 2 or min(size) <= 0:
+            raise ConfigError(f"Config key {key} must be (height, width) with positive sides, got {size}.")
+    for key in defaults.RGB_TRIPLES:
+        checks.require_length(key, _get(cfg, key), 3, "one value per RGB channel")
+    if min(cfg.MODEL.PIXEL_STD) <= 0:
+        raise ConfigError(f"Config key MODEL.PIXEL_STD must be positive, got {tuple(cfg.MODEL.PIXEL_STD)}.")
+    if list(cfg.SOLVER.STEPS) != sorted(cfg.SOLVER.STEPS):
+        raise ConfigError(f"Config key SOLVER.STEPS must be in increasing order, got {tuple(cfg.SOLVER.STEPS)}.")
     if cfg.DATALOADER.SAMPLER == "pk" and cfg.SOLVER.IMS_PER_BATCH % cfg.DATALOADER.NUM_INSTANCE:
         raise ConfigError(
             f"SOLVER.IMS_PER_BATCH ({cfg.SOLVER.IMS_PER_BATCH}) must be a multiple of DATALOADER.NUM_INSTANCE "
             f"({cfg.DATALOADER.NUM_INSTANCE}) for the PK sampler."
         )
-    positive = {"SOLVER.BASE_LR": cfg.SOLVER.BASE_LR, "SOLVER.MAX_EPOCHS": cfg.SOLVER.MAX_EPOCHS,
-                "SOLVER.IMS_PER_BATCH": cfg.SOLVER.IMS_PER_BATCH, "TEST.IMS_PER_BATCH": cfg.TEST.IMS_PER_BATCH,
-                "DATALOADER.NUM_INSTANCE": cfg.DATALOADER.NUM_INSTANCE, "TEST.MAX_RANK": cfg.TEST.MAX_RANK,
-                "SOLVER.LOG_PERIOD": cfg.SOLVER.LOG_PERIOD}
-    non_negative = {"DATALOADER.NUM_WORKERS": cfg.DATALOADER.NUM_WORKERS,
-                    "SOLVER.WARMUP_EPOCHS": cfg.SOLVER.WARMUP_EPOCHS, "TEST.EVAL_PERIOD": cfg.TEST.EVAL_PERIOD,
-                    "SOLVER.CHECKPOINT_PERIOD": cfg.SOLVER.CHECKPOINT_PERIOD}
-    for key, value in positive.items():
-        if value <= 0:
-            raise ConfigError(f"Config key {key} must be positive, got {value}.")
-    for key, value in non_negative.items():
-        if value < 0:
-            raise ConfigError(f"Config key {key} must be 0 or more, got {value}.")
-    for key in ("INPUT.SIZE_TRAIN", "INPUT.SIZE_TEST"):
-        size = cfg.INPUT.SIZE_TRAIN if key.endswith("TRAIN") else cfg.INPUT.SIZE_TEST
-        if len(size) != 2 or min(size) <= 0:
-            raise ConfigError(f"Config key {key} must be (height, width) with positive sides, got {tuple(size)}.")
-    _check_ranges(cfg)
+    check_registered_components(cfg)
 
 
-def _check_ranges(cfg: CN) -> None:
-    """Values every consumer would otherwise reject late (in a loader worker, after hours of training)."""
-    for key in ("DATASETS.TRAIN", "DATASETS.TEST"):
-        if not _get(cfg, key):
-            raise ConfigError(f"Config key {key} is empty; name at least one registered dataset (e.g. market1501).")
-    probabilities = ("INPUT.FLIP_PROB", "INPUT.RE_PROB", "MODEL.LFM.PROB", "MODEL.DROPOUT.P",
-                     "TEST.RERANK_LAMBDA")
-    for key in probabilities:
-        if not 0.0 <= _get(cfg, key) <= 1.0:
-            raise ConfigError(f"Config key {key} must be in [0, 1], got {_get(cfg, key)}.")
-    if not 0.0 < cfg.MODEL.DROPBLOCK.KEEP_PROB <= 1.0:
-        raise ConfigError(
-            f"Config key MODEL.DROPBLOCK.KEEP_PROB must be in (0, 1], got {cfg.MODEL.DROPBLOCK.KEEP_PROB}.")
-    for key in ("INPUT.RE_AREA", "MODEL.LFM.AREA"):
-        low_high = tuple(_get(cfg, key))
-        if len(low_high) != 2 or not 0.0 < low_high[0] <= low_high[1] <= 1.0:
-            raise ConfigError(f"Config key {key} must be (low, high) with 0 < low <= high <= 1, got {low_high}.")
-    aspect = tuple(cfg.MODEL.LFM.ASPECT)
-    if len(aspect) != 2 or not 0.0 < aspect[0] <= aspect[1]:
-        raise ConfigError(f"Config key MODEL.LFM.ASPECT must be (low, high) with 0 < low <= high, got {aspect}.")
-    if not 0.0 <= cfg.MODEL.LFM.CHANNEL_FRACTION <= 1.0:
-        raise ConfigError(f"Config key MODEL.LFM.CHANNEL_FRACTION must be in [0, 1] (0: use MODEL.LFM.CHANNELS), "
-                          f"got {cfg.MODEL.LFM.CHANNEL_FRACTION}.")
-    at_least_one = ("MODEL.LFM.CHANNELS", "MODEL.DROPBLOCK.BLOCK_SIZE", "TEST.RERANK_K1", "TEST.RERANK_K2",
-                    "TEST.ATTACK.STEPS")
-    for key in at_least_one:
-        if _get(cfg, key) < 1:
-            raise ConfigError(f"Config key {key} must be 1 or more, got {_get(cfg, key)}.")
-    for key in ("MODEL.PIXEL_MEAN", "MODEL.PIXEL_STD"):
-        if len(_get(cfg, key)) != 3:
-            raise ConfigError(f"Config key {key} needs one value per RGB channel (3), got {tuple(_get(cfg, key))}.")
-    if min(cfg.MODEL.PIXEL_STD) <= 0:
-        raise ConfigError(f"Config key MODEL.PIXEL_STD must be positive, got {tuple(cfg.MODEL.PIXEL_STD)}.")
-    if list(cfg.SOLVER.STEPS) != sorted(cfg.SOLVER.STEPS):
-        raise ConfigError(f"Config key SOLVER.STEPS must be in increasing order, got {tuple(cfg.SOLVER.STEPS)}.")
-    # Only the sign here: a config stored in an older checkpoint must still load; plan_runs checks that the
-    # budgets are whole 1/255 levels before any attack runs.
-    if any(eps < 0 for eps in cfg.TEST.ATTACK.EPS):
-        raise ConfigError(
-            f"Config key TEST.ATTACK.EPS must hold budgets >= 0 (in 1/255), got {tuple(cfg.TEST.ATTACK.EPS)}.")
-
-
-def _get(cfg: CN, key: str) -> Any:
-    node = cfg
-    for part in key.split("."):
-        node = node[part]
-    return node
+_get = checks.get
 
 
 def save_config(cfg: CN, path: str | Path) -> Path:

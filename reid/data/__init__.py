@@ -12,6 +12,7 @@ from reid.data.loaders import (
     ImageDataset,
     TestData,
     TrainData,
+    build_image_loader,
     build_test_loader,
     build_train_loader,
 )
@@ -27,6 +28,7 @@ __all__ = [
     "TestData",
     "TrainData",
     "build_dataset",
+    "build_image_loader",
     "build_test_loader",
     "build_train_loader",
     "build_transforms",

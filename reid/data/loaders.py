@@ -60,6 +60,17 @@ class TrainData:
     def set_epoch(self, epoch: int) -> None:
         self.sampler.set_epoch(epoch)
 
+    # The trainer iterates the data itself: batches, their number, and the workers' seed generator.
+    def __iter__(self):
+        return iter(self.loader)
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    @property
+    def generator(self) -> torch.Generator | None:
+        return self.loader.generator
+
 
 @dataclass
 class TestData:
@@ -150,11 +161,13 @@ def build_train_loader(cfg: CfgNode, rank: int = 0, world_size: int = 1) -> Trai
     return TrainData(loader, sampler, pid_offset, cam_offset, datasets)
 
 
+def build_image_loader(cfg: CfgNode, records: Sequence[ImageRecord]) -> DataLoader:
+    """Test-transformed images of ``records`` in order, TEST.IMS_PER_BATCH at a time (``index``: position)."""
+    return DataLoader(ImageDataset(records, build_transforms(cfg, is_train=False)),
+                      batch_size=cfg.TEST.IMS_PER_BATCH, shuffle=False, **_loader_kwargs(cfg))
+
+
 def build_test_loader(cfg: CfgNode, name: str) -> TestData:
     """Query then gallery images of dataset ``name``, in order, TEST.IMS_PER_BATCH at a time."""
     dataset = build_dataset(name, cfg.DATASETS.ROOT)
-    image_dataset = ImageDataset(dataset.query + dataset.gallery, build_transforms(cfg, is_train=False))
-    loader = DataLoader(
-        image_dataset, batch_size=cfg.TEST.IMS_PER_BATCH, shuffle=False, **_loader_kwargs(cfg)
-    )
-    return TestData(loader, len(dataset.query), dataset)
+    return TestData(build_image_loader(cfg, dataset.query + dataset.gallery), len(dataset.query), dataset)

@@ -3,41 +3,25 @@
 from __future__ import annotations
 
 import datetime
-import json
 import logging
 import time
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Callable
 
+from reid.config import config_to_dict
+from reid.engine.run import BEST, LAST, METRICS_NAME, append_jsonl
 from reid.engine.trainer import HookBase
 from reid.utils import comm
-from reid.utils.checkpoint import CHECKPOINT_FORMAT, atomic_save, get_rng_state, unwrap_model
-from reid.config import config_to_dict
+from reid.utils.checkpoint import atomic_save, unwrap_model
 
 logger = logging.getLogger("reid.engine")
-
-
-def write_results(output_dir: str | Path, data: dict) -> Path:
-    """Write ``results.json``; an earlier one is kept as ``results.<mtime>.json``, never silently lost."""
-    path = Path(output_dir) / "results.json"
-    if path.exists():
-        stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(path.stat().st_mtime))
-        path.rename(path.with_name(f"results.{stamp}.json"))
-    path.write_text(json.dumps(data, indent=2))
-    return path
-
-
-def append_jsonl(path: Path, record: dict) -> None:
-    """One JSON object per line: easy to tail, grep and load with pandas."""
-    with open(path, "a") as f:
-        f.write(json.dumps(record) + "\n")
 
 
 class ProgressLogger(HookBase):
     """A status line every SOLVER.LOG_PERIOD iterations: losses, accuracy, lr, images/s, ETA."""
 
-    def __init__(self, output_dir: str, period: int, batch_size: int) -> None:
-        self.metrics_path = Path(output_dir) / "metrics.jsonl"
+    def __init__(self, output_dir: str | Path, period: int, batch_size: int) -> None:
+        self.metrics_path = Path(output_dir) / METRICS_NAME
         self.period = max(1, period)
         self.batch_size = batch_size
 
@@ -72,42 +56,30 @@ class ProgressLogger(HookBase):
 class Checkpointer(HookBase):
     """``last.pth`` after every epoch and ``epoch_NNN.pth`` every SOLVER.CHECKPOINT_PERIOD, rank 0 only.
 
-    The epoch is stored inside the file; nothing is ever parsed from a file name.
+    A checkpoint is the trainer's state (with every hook's entries), the config, and ``metadata`` given
+    here (e.g. the number of training identities). The epoch is stored inside the file; nothing is ever
+    parsed from a file name.
     """
 
-    def __init__(self, output_dir: str, period: int) -> None:
+    def __init__(self, output_dir: str | Path, period: int, metadata: Mapping | None = None) -> None:
         self.dir = Path(output_dir)
         self.period = period
+        self.metadata = dict(metadata or {})
 
-    def state(self) -> dict:
-        t = self.trainer
-        return {
-            "format": CHECKPOINT_FORMAT,
-            "model": unwrap_model(t.model).state_dict(),
-            "criterion": t.criterion.state_dict(),
-            "optimizer": t.optimizer.state_dict(),
-            "center_optimizer": t.center_optimizer.state_dict() if t.center_optimizer else None,
-            "scheduler": t.scheduler.state_dict(),
-            "scaler": t.scaler.state_dict(),
-            "epoch": t.epoch + 1,  # completed epochs: training resumes at this 0-based epoch
-            "iteration": t.iter,
-            "rng": get_rng_state(),
-            "config": config_to_dict(t.cfg),
-            "num_classes": getattr(t, "num_classes", 0),
-            "best": getattr(t, "best", None),
-        }
+    def state_dict(self) -> dict:
+        return {"config": config_to_dict(self.trainer.cfg), **self.metadata}
 
     def save(self, name: str) -> Path | None:
         if not comm.is_main_process():
             return None
-        path = atomic_save(self.state(), self.dir / name)
+        path = atomic_save(self.trainer.state_dict(), self.dir / name)
         self.trainer.last_checkpoint = str(path)
         return path
 
     def after_epoch(self) -> None:
         epoch = self.trainer.epoch + 1
         if comm.is_main_process():
-            self.save("last.pth")
+            self.save(LAST)
             if self.period > 0 and epoch % self.period == 0:
                 self.save(f"epoch_{epoch:03d}.pth")
         comm.synchronize()
@@ -117,17 +89,25 @@ class PeriodicEvaluator(HookBase):
     """Evaluate every TEST.EVAL_PERIOD epochs and after the last; keep ``best.pth`` by TEST.BEST_METRIC.
 
     ``evaluate`` maps the model to ``{dataset: {metric: value}}``; the best is judged on the first
-    dataset of DATASETS.TEST (the source domain in the shipped configs).
+    dataset of DATASETS.TEST (the source domain in the shipped configs). The best so far is this hook's
+    state: it is saved in every checkpoint (``best``) and restored on ``--resume``.
     """
 
     def __init__(self, evaluate: Callable, period: int, metric: str, checkpointer: Checkpointer,
-                 output_dir: str) -> None:
+                 output_dir: str | Path) -> None:
         self.evaluate = evaluate
         self.period = period
         self.metric = metric
         self.checkpointer = checkpointer
-        self.metrics_path = Path(output_dir) / "metrics.jsonl"
+        self.metrics_path = Path(output_dir) / METRICS_NAME
         self.results: dict | None = None
+        self.best: dict | None = None
+
+    def state_dict(self) -> dict:
+        return {"best": self.best}
+
+    def load_state_dict(self, state: Mapping) -> None:
+        self.best = state.get("best")
 
     def after_epoch(self) -> None:
         t = self.trainer
@@ -140,12 +120,11 @@ class PeriodicEvaluator(HookBase):
             append_jsonl(self.metrics_path, {"type": "eval", "epoch": epoch, "results": results})
             dataset, first = next(iter(results.items()))
             value = first[self.metric]
-            best = getattr(t, "best", None)
-            if best is None or value > best["value"]:
-                t.best = {"metric": self.metric, "value": value, "epoch": epoch, "dataset": dataset}
-                self.checkpointer.save("best.pth")
+            if self.best is None or value > self.best["value"]:
+                self.best = {"metric": self.metric, "value": value, "epoch": epoch, "dataset": dataset}
+                self.checkpointer.save(BEST)
                 # last.pth was written before this evaluation; it must know the new best for --resume.
-                self.checkpointer.save("last.pth")
+                self.checkpointer.save(LAST)
                 logger.info(f"New best {self.metric} {100 * value:.2f}% at epoch {epoch}: saved best.pth")
         comm.synchronize()
         t.model.train()

@@ -7,29 +7,16 @@ from pathlib import Path
 
 from yacs.config import CfgNode
 
+from reid.config import load_config
 from reid.data import check_datasets
-from reid.engine.hooks import write_results
-from reid.engine.inference import load_model_for_inference, stored_config
-from reid.engine.training import setup_run
+from reid.engine.run import resolve_weights, setup_run, write_results
 from reid.evaluation.evaluator import ExtractedFeatures, evaluate_datasets
 from reid.evaluation.rank import RankResult
-from reid.config import load_config
-from reid.utils.errors import CheckpointError, ConfigError, ReIDError
+from reid.evaluation.visualize import plot_cmc, save_ranked_lists_from_features
+from reid.modeling.checkpoint import load_model, read_stored_config
+from reid.utils.errors import ConfigError, ReIDError
 
 logger = logging.getLogger("reid.engine")
-
-
-def resolve_weights(cfg: CfgNode, weights: str | None) -> Path:
-    """--weights, else TEST.WEIGHTS, else OUTPUT_DIR/best.pth, else OUTPUT_DIR/last.pth."""
-    out = Path(cfg.OUTPUT_DIR)
-    for candidate in (weights, cfg.TEST.WEIGHTS, out / "best.pth", out / "last.pth"):
-        if candidate and Path(candidate).is_file():
-            return Path(candidate)
-        if candidate and (candidate == weights or candidate == cfg.TEST.WEIGHTS):
-            raise CheckpointError(f"Weights file {candidate} does not exist.")
-    raise CheckpointError(
-        f"No weights given and none found in {out} (best.pth or last.pth). Pass --weights PATH or train first."
-    )
 
 
 def config_and_weights(config: str | None, weights: str | None, opts: list[str]) -> tuple[CfgNode, Path]:
@@ -40,7 +27,7 @@ def config_and_weights(config: str | None, weights: str | None, opts: list[str])
     if not weights:
         raise ReIDError("Give --config (the training config) or --weights (a checkpoint that stores its config).")
     # Never the default config: it would build some other model.
-    return stored_config(weights, opts), Path(weights)
+    return read_stored_config(weights, opts), Path(weights)
 
 
 def test(cfg: CfgNode, weights: str | Path, vis: int = 0, vis_mode: str = "worst") -> dict:
@@ -52,7 +39,7 @@ def test(cfg: CfgNode, weights: str | Path, vis: int = 0, vis_mode: str = "worst
         raise ConfigError(f"--vis takes a number of queries per dataset (0 or more), got {vis}.")
     device = setup_run(cfg, config_name="test_config.yaml")
     check_datasets(cfg.DATASETS.TEST, cfg.DATASETS.ROOT)
-    model, cfg = load_model_for_inference(weights, cfg, device)
+    model, cfg = load_model(weights, cfg, device=device)
     out = Path(cfg.OUTPUT_DIR)
 
     def draw(name: str, extracted: ExtractedFeatures, results: dict[str, RankResult], row: dict) -> None:
@@ -66,8 +53,6 @@ def test(cfg: CfgNode, weights: str | Path, vis: int = 0, vis_mode: str = "worst
 def _draw(cfg: CfgNode, name: str, extracted: ExtractedFeatures, results: dict[str, RankResult], row: dict,
           out: Path, vis: int, vis_mode: str) -> None:
     """The CMC plot of one dataset and, with ``vis``, the ranked lists of ``vis`` queries."""
-    from reid.evaluation.visualize import plot_cmc, save_ranked_lists_from_features
-
     curves = {"plain": row["cmc"]}
     if "rerank" in row:
         curves["re-ranked"] = row["rerank"]["cmc"]

@@ -51,10 +51,14 @@ from torch import nn
 from torch.nn import functional as F
 from torchvision.transforms.v2.functional import to_dtype
 
+from yacs.config import CfgNode
+
+from reid.config import ComponentRegistry, ConfigNode, Option
 from reid.utils.errors import ConfigError
 
 ATTACKS = ("fgsm", "ifgsm", "mifgsm", "pgd")
 OBJECTIVES = ("feature", "metric")
+BOTH_OBJECTIVES = "both"  # a setting (TEST.ATTACK.OBJECTIVE, --objective) that means every objective
 METRICS = ("cosine", "euclidean")
 PGD_ALPHA_FACTOR = 2.5  # MadryLab robustness library default: alpha = 2.5 * eps / steps, iterates can cross the ball
 MOMENTUM = 1.0  # Dong et al.'s decay factor mu
@@ -62,6 +66,79 @@ LEVELS = 255  # an 8-bit image channel holds the values k / 255, k = 0..255
 
 # Where an attack draws its random numbers: one generator for the whole batch, or one per image.
 Generators = torch.Generator | Sequence[torch.Generator] | None
+
+
+def _check_attack_config(cfg: CfgNode) -> None:
+    # Only the sign here: a config stored in an older checkpoint must still load; the budgets are checked to be
+    # whole 1/255 levels (check_budgets) where attacks are planned.
+    if any(eps < 0 for eps in cfg.TEST.ATTACK.EPS):
+        raise ConfigError(
+            f"Config key TEST.ATTACK.EPS must hold budgets >= 0 (in 1/255), got {tuple(cfg.TEST.ATTACK.EPS)}.")
+
+
+#: Adversarial robustness of the query set (tools/attack.py and the study): TEST.ATTACK names the attack.
+ATTACK_CONFIG = ConfigNode(
+    "TEST.ATTACK",
+    NAME=Option("", 'the attack: "", "fgsm", "ifgsm", "mifgsm" or "pgd"'),
+    EPS=Option((2.0, 4.0, 8.0), "L-inf budgets, in 1/255 units of the [0, 1] image range"),
+    STEPS=Option(10, "iterations of the iterative attacks", range=(1, None)),
+    OBJECTIVE=Option("feature", '"feature" (away from its clean feature), "metric" (from true matches), "both"',
+                     choices=(*OBJECTIVES, BOTH_OBJECTIVES)),
+    SEED=Option(0, "seed of random starts, so the adversarial set is reproducible"),
+)
+ATTACK_REGISTRY = ComponentRegistry("attack", selector="TEST.ATTACK.NAME", empty_allowed=("",), config=ATTACK_CONFIG,
+                                    check=_check_attack_config)
+
+
+def objectives_of(setting: str) -> list[str]:
+    """The objectives a setting names: one of :data:`OBJECTIVES`, or all of them for ``"both"``."""
+    return list(OBJECTIVES) if setting == BOTH_OBJECTIVES else [setting]
+
+
+def check_budgets(eps_list: Sequence[float], what: str = "Attack budgets") -> list[float]:
+    """Budgets in 1/255 units as floats, each a whole number of 8-bit levels in [0, 255].
+
+    Attacked images are rounded to 8 bits inside the eps ball: a budget of 0.5 would silently be no attack.
+    """
+    values = list(eps_list)
+    bad = [e for e in values if isinstance(e, bool) or not isinstance(e, (int, float)) or not 0 <= e <= 255
+           or e != int(e)]
+    if bad or not values:
+        raise ConfigError(f"{what} must be given as whole numbers of 1/255 levels between 0 and 255; got {values}.")
+    return [float(e) for e in values]
+
+
+@dataclass(frozen=True, order=True)
+class AttackRun:
+    """One attacked version of the query set: attack name, objective and budget in 1/255 units."""
+
+    attack: str
+    objective: str
+    eps: float
+
+    @property
+    def slug(self) -> str:
+        """A file or folder name for this run (``fgsm_feature_eps8``)."""
+        return f"{self.attack}_{self.objective}_eps{self.eps:g}"
+
+    def label(self) -> str:
+        """How tables show the run (``fgsm/feature/eps8``)."""
+        return f"{self.attack}/{self.objective}/eps{self.eps:g}"
+
+
+def plan_runs(attacks: Sequence[str], objectives: Sequence[str], eps_list: Sequence[float],
+              steps: int | None = None) -> list[AttackRun]:
+    """Every (attack, objective, eps) combination, validated (with ``steps`` when given)."""
+    if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int) or steps < 1):
+        raise ConfigError(f"Attack steps must be 1 or more, got {steps}.")
+    for value, allowed, what in ((attacks, ATTACKS, "attack"), (objectives, OBJECTIVES, "objective")):
+        unknown = [v for v in value if v not in allowed]
+        if unknown or not value:
+            raise ConfigError(f"Unknown or missing {what} {unknown or list(value)}; "
+                              f"expected any of {', '.join(allowed)}.")
+    eps_list = check_budgets(eps_list)
+    return [AttackRun(a, o, e) for a in dict.fromkeys(attacks) for o in dict.fromkeys(objectives)
+            for e in dict.fromkeys(eps_list)]
 
 
 @dataclass(frozen=True)
@@ -87,6 +164,10 @@ def attack_settings(attack: str, eps: float, steps: int) -> AttackSettings:
     if attack == "pgd":
         return AttackSettings(steps, PGD_ALPHA_FACTOR * eps / steps, momentum=0.0, random_start=True)
     return AttackSettings(steps, eps / steps, MOMENTUM if attack == "mifgsm" else 0.0, random_start=False)
+
+
+for _attack in ATTACKS:  # the settings above are the attacks' implementations; the registry validates names
+    ATTACK_REGISTRY.register(_attack)(attack_settings)
 
 
 @dataclass

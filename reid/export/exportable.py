@@ -17,9 +17,8 @@ import torch.nn.functional as F
 from torch import nn
 from yacs.config import CfgNode
 
-from reid.config import config_from_dict, config_to_dict, load_config
-from reid.engine.inference import load_model_for_inference, stored_config
-from reid.modeling import ReIDModel
+from reid.modeling import ReIDModel, load_model
+from reid.modeling.checkpoint import ConfigSource
 
 
 class ExportableReID(nn.Module):
@@ -53,30 +52,13 @@ class ExportableReID(nn.Module):
         return features
 
 
-def resolve_config(weights: str | Path, config: str | Path | CfgNode | None = None,
-                   opts: Sequence[str] = ()) -> CfgNode | None:
-    """The config to rebuild ``weights`` with: ``config`` (a file, a name in configs/ or a CfgNode) or, when
-    None, the one stored in the checkpoint; ``KEY VALUE`` overrides ``opts`` apply to either.
-
-    Returns None for "the stored config as it is", which the loader reads itself (one read of the file).
-    """
-    opts = list(opts)
-    if isinstance(config, CfgNode):
-        return config_from_dict(config_to_dict(config), opts) if opts else config
-    if config is not None:
-        return load_config(config, opts)
-    if not opts:
-        return None
-    return stored_config(weights, opts)
-
-
-def load_exportable(weights: str | Path, config: str | Path | CfgNode | None = None, opts: Sequence[str] = (),
+def load_exportable(weights: str | Path, config: ConfigSource = None, opts: Sequence[str] = (),
                     device: str | torch.device = "cpu") -> tuple[ExportableReID, CfgNode]:
     """The deployed feature module of a training checkpoint or release file, and its config.
 
-    Raises a CheckpointError when the file is not a model checkpoint (of a format or release version this
-    code reads) or does not match the config.
+    ``config``: None (the config stored with the weights), a config file or name, or a CfgNode; ``opts``:
+    ``KEY VALUE`` overrides of either. Raises a CheckpointError when the file is not a model checkpoint (of
+    a format or release version this code reads) or does not match the config.
     """
-    cfg = resolve_config(weights, config, opts)
-    model, cfg = load_model_for_inference(weights, cfg, device)
+    model, cfg = load_model(weights, config, opts, device)
     return ExportableReID.from_config(model, cfg), cfg

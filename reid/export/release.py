@@ -3,7 +3,7 @@
 Choice: a ``torch.save`` file read with ``torch.load(weights_only=True)`` rather than safetensors plus a
 JSON sidecar. It is one file to copy around, ``weights_only`` loading only reconstructs tensors and plain
 containers (a crafted file cannot run code), and every loader of the toolkit
-(:func:`~reid.engine.inference.load_model_for_inference`, so FeatureExtractor and tools/test.py) already
+(:func:`~reid.modeling.checkpoint.load_model`, so FeatureExtractor and tools/test.py) already
 reads it because it has the same ``model`` + ``config`` keys as a training checkpoint. Contents:
 
 - ``format``: ``"lfm-reid/release"``, ``version``: 1

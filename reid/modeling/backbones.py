@@ -13,12 +13,16 @@ from typing import Callable
 import torch
 from torch import nn
 
+from yacs.config import CfgNode
+
+from reid.config import ComponentRegistry
 from reid.utils.errors import ConfigError, ReIDError
-from reid.utils.registry import Registry
 
 logger = logging.getLogger("reid.modeling")
 
-BACKBONE_REGISTRY = Registry("backbone")
+#: Backbones by name (``MODEL.BACKBONE``): torchvision ResNets, and every timm CNN as ``timm:<name>``.
+#: An entry is a factory ``(last_stride=...) -> Backbone`` (a family member gets its name first).
+BACKBONE_REGISTRY = ComponentRegistry("backbone", selector="MODEL.BACKBONE")
 
 # Placement names of MODEL.REGULARIZER.STAGE -> module paths inside a torchvision or timm ResNet:
 # "conv1" is the paper's place (the first convolution's output, before bn1), "stem" the max-pool's
@@ -88,10 +92,15 @@ def _torchvision_resnet(arch: str) -> Callable[..., Backbone]:
     return build
 
 
+def _last_stride(cfg: CfgNode) -> dict:
+    return {"last_stride": cfg.MODEL.LAST_STRIDE}
+
+
 for _arch in ("resnet18", "resnet34", "resnet50", "resnet101"):
-    BACKBONE_REGISTRY.register(_arch)(_torchvision_resnet(_arch))
+    BACKBONE_REGISTRY.register(_arch, from_config=_last_stride)(_torchvision_resnet(_arch))
 
 
+@BACKBONE_REGISTRY.register("timm", family=True, from_config=_last_stride)
 def build_timm_backbone(name: str, last_stride: int = 1) -> Backbone:
     """Any timm CNN without classifier or pooling; ResNet-like ones get BoT's last stride."""
     import timm
@@ -128,6 +137,6 @@ def timm_stages(body: nn.Module) -> dict[str, str]:
 
 def build_backbone(name: str, last_stride: int = 1) -> Backbone:
     """``resnet50`` (torchvision) or ``timm:<model>``."""
-    if name.startswith("timm:"):
-        return build_timm_backbone(name.split(":", 1)[1], last_stride)
-    return BACKBONE_REGISTRY.get(name)(last_stride=last_stride)
+    entry = BACKBONE_REGISTRY.lookup(name)
+    args = (entry.argument,) if entry.argument is not None else ()
+    return entry.obj(*args, last_stride=last_stride)

@@ -14,10 +14,10 @@ import torch
 from torch import nn
 from yacs.config import CfgNode
 
-from reid.modeling.backbones import Backbone, build_backbone
+from reid.modeling.backbones import BACKBONE_REGISTRY, Backbone
 from reid.modeling.heads import BNNeckHead
 from reid.modeling.pretrained import load_pretrained
-from reid.modeling.regularizers import attach_at_stage, build_regularizer
+from reid.modeling.regularizers import attach_at_stage, build_regularizer_from_config
 
 
 class ReIDModel(nn.Module):
@@ -44,31 +44,16 @@ class ReIDModel(nn.Module):
         return self.head(self.backbone(x))
 
 
-def build_regularizer_from_config(cfg: CfgNode, backbone: Backbone) -> nn.Module | None:
-    """The configured train-only regulariser, or None for ``none``."""
-    name = cfg.MODEL.REGULARIZER.NAME
-    if name in ("none", "random_erasing"):  # random erasing acts on the input, in the data transforms
-        return None
-    if name == "lfm":
-        lfm = cfg.MODEL.LFM
-        channels = lfm.CHANNEL_FRACTION if lfm.CHANNEL_FRACTION > 0 else lfm.CHANNELS
-        return build_regularizer("lfm", prob=lfm.PROB, channels=channels, area=tuple(lfm.AREA),
-                                 aspect=tuple(lfm.ASPECT), fill=lfm.FILL, shared_channels=lfm.SHARED_CHANNELS)
-    if name in ("dropout", "spatial_dropout"):
-        return build_regularizer(name, p=cfg.MODEL.DROPOUT.P)
-    return build_regularizer(name, block_size=cfg.MODEL.DROPBLOCK.BLOCK_SIZE, keep_prob=cfg.MODEL.DROPBLOCK.KEEP_PROB)
-
-
 def build_model(cfg: CfgNode, num_classes: int, load_imagenet: bool | None = None) -> ReIDModel:
     """Build the configured model; ``num_classes=0`` builds it without classifier (feature extraction).
 
     ImageNet weights are loaded when ``MODEL.PRETRAINED`` (override with ``load_imagenet``), e.g. not
     when a trained checkpoint is about to be loaded anyway.
     """
-    backbone = build_backbone(cfg.MODEL.BACKBONE, cfg.MODEL.LAST_STRIDE)
+    backbone: Backbone = BACKBONE_REGISTRY.build(cfg)
     if cfg.MODEL.PRETRAINED if load_imagenet is None else load_imagenet:
         load_pretrained(backbone, cfg.MODEL.PRETRAINED_PATH)
-    regularizer = build_regularizer_from_config(cfg, backbone)
+    regularizer = build_regularizer_from_config(cfg)
     if regularizer is not None:
         attach_at_stage(backbone.body, backbone.stage_path(cfg.MODEL.REGULARIZER.STAGE), regularizer)
     head = BNNeckHead(backbone.out_channels, num_classes, cfg.MODEL.POOLING, cfg.MODEL.NECK, cfg.MODEL.NECK_FEAT)

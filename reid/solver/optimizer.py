@@ -6,6 +6,8 @@ import torch
 from torch import nn
 from yacs.config import CfgNode
 
+from reid.config import ComponentRegistry
+
 _NORM_TYPES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.GroupNorm, nn.LayerNorm, nn.InstanceNorm2d)
 
 
@@ -29,20 +31,20 @@ def parameter_groups(cfg: CfgNode, model: nn.Module) -> list[dict]:
     return [{"params": params, "lr": lr, "initial_lr": lr, "weight_decay": wd} for (lr, wd), params in groups.items()]
 
 
+#: Optimisers by name (``SOLVER.OPTIMIZER``); ``from_config(cfg, params)`` gives their arguments.
+OPTIMIZER_REGISTRY = ComponentRegistry("optimizer", selector="SOLVER.OPTIMIZER")
+
+
+def _common(cfg: CfgNode, params: list[dict]) -> dict:
+    return {"params": params, "lr": cfg.SOLVER.BASE_LR}
+
+
+OPTIMIZER_REGISTRY.register("adam", from_config=_common)(torch.optim.Adam)
+OPTIMIZER_REGISTRY.register("adamw", from_config=_common)(torch.optim.AdamW)
+OPTIMIZER_REGISTRY.register("sgd", from_config=lambda cfg, params: {
+    **_common(cfg, params), "momentum": cfg.SOLVER.MOMENTUM, "nesterov": cfg.SOLVER.NESTEROV})(torch.optim.SGD)
+
+
 def build_optimizer(cfg: CfgNode, model: nn.Module) -> torch.optim.Optimizer:
-    """SOLVER.OPTIMIZER over the model's trainable parameters."""
-    groups = parameter_groups(cfg, model)
-    name = cfg.SOLVER.OPTIMIZER
-    if name == "sgd":
-        return torch.optim.SGD(groups, lr=cfg.SOLVER.BASE_LR, momentum=cfg.SOLVER.MOMENTUM,
-                               nesterov=cfg.SOLVER.NESTEROV)
-    if name == "adamw":
-        return torch.optim.AdamW(groups, lr=cfg.SOLVER.BASE_LR)
-    return torch.optim.Adam(groups, lr=cfg.SOLVER.BASE_LR)
-
-
-def build_center_optimizer(cfg: CfgNode, center_loss: nn.Module | None) -> torch.optim.Optimizer | None:
-    """BoT trains the centers with their own SGD at MODEL.CENTER.LR, undoing the loss weight on the gradient."""
-    if center_loss is None:
-        return None
-    return torch.optim.SGD(center_loss.parameters(), lr=cfg.MODEL.CENTER.LR)
+    """SOLVER.OPTIMIZER over the model's trainable parameters, in BoT's parameter groups."""
+    return OPTIMIZER_REGISTRY.build(cfg, params=parameter_groups(cfg, model))

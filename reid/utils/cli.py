@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import runpy
 import sys
 import textwrap
-from pathlib import Path
 from typing import Callable
 
 from reid.utils.errors import ReIDError
+from reid.utils.plugins import load_plugins
 
 
 def run_cli(main: Callable[[], object]) -> None:
@@ -24,7 +23,7 @@ def run_cli(main: Callable[[], object]) -> None:
             raise
         target = exc.filename if exc.filename2 is None else f"{exc.filename} -> {exc.filename2}"
         _print_error(f"Cannot access {target}: {exc.strerror or exc}. Check the path and its permissions.")
-        sys.exit(1)
+        sys.exit(ReIDError.exit_code)  # a path the user gave: an input error like any other
     except KeyboardInterrupt:
         print("\nInterrupted.", file=sys.stderr)
         sys.exit(130)
@@ -47,12 +46,27 @@ def _user_message(exc: ReIDError) -> str:
 
 
 def add_config_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """``--config NAME`` plus trailing ``KEY VALUE`` overrides, shared by every tool."""
+    """``--config NAME``, ``--plugin FILE`` and trailing ``KEY VALUE`` overrides, shared by every tool."""
     parser.add_argument("--config", "-c", default=None,
-                        help="experiment file: a path, or a name found in configs/ (e.g. lfm_market.yml)")
+                        help="experiment file: a path, or the name of a shipped config (e.g. lfm_market.yml)")
+    add_plugin_argument(parser)
     parser.add_argument("opts", nargs=argparse.REMAINDER,
                         help="config overrides as KEY VALUE pairs, e.g. SOLVER.MAX_EPOCHS 2 DATASETS.ROOT /data")
     return parser
+
+
+def add_plugin_argument(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    parser.add_argument("--plugin", "-p", action="append", default=[], metavar="FILE_OR_MODULE",
+                        help="import a .py file or module that registers components (a regulariser, loss, "
+                             "dataset...) before the config is read; repeatable")
+    return parser
+
+
+def parse_args(parser: argparse.ArgumentParser, argv: list[str] | None = None) -> argparse.Namespace:
+    """``parser.parse_args(argv)``, then the ``--plugin`` imports, so their components and keys exist."""
+    args = parser.parse_args(argv)
+    load_plugins(getattr(args, "plugin", None) or [])
+    return args
 
 
 def parser_from_docstring(doc: str) -> argparse.ArgumentParser:
@@ -68,28 +82,3 @@ def add_extractor_arguments(parser: argparse.ArgumentParser) -> argparse.Argumen
     parser.add_argument("--batch-size", type=int, default=64, help="images per forward pass (default 64)")
     parser.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: CUDA when available)")
     return parser
-
-
-# --------------------------------------------------------------------------------------------------
-# Console scripts (setup.cfg): ``reid-train ...`` is ``python tools/train.py ...``.
-
-#: The checkout's tools/ folder, which the console scripts run (there is one copy of each command).
-TOOLS_DIR = Path(__file__).resolve().parents[2] / "tools"
-
-
-def run_tool(name: str) -> None:
-    """Run ``tools/<name>.py`` of this checkout as ``__main__``, with the command line as given."""
-    script = TOOLS_DIR / f"{name}.py"
-    if not script.is_file():
-        _print_error(f"reid-{name.replace('_', '-')} runs {script}, which does not exist: the reid-* commands need "
-                     "the source checkout they were installed from (pip install -e .). Clone the repository, or "
-                     "use the Python API (reid.FeatureExtractor, reid.evaluation, reid.engine).")
-        sys.exit(2)
-    sys.argv[0] = str(script)
-    runpy.run_path(str(script), run_name="__main__")
-
-
-def tool_command() -> None:
-    """The console scripts' entry point: ``reid-plot-cmc ARGS`` runs ``tools/plot_cmc.py ARGS``."""
-    command = Path(sys.argv[0]).name
-    run_tool(command.removeprefix("reid-").replace("-", "_").removesuffix(".exe"))

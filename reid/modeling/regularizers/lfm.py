@@ -34,10 +34,41 @@ from typing import NamedTuple
 
 import torch
 from torch import Tensor, nn
+from yacs.config import CfgNode
 
+from reid.config import ConfigNode, Option
+from reid.modeling.regularizers import REGULARIZER_REGISTRY
 from reid.utils.errors import ConfigError, ReIDError
 
 FILL_MODES = ("random", "zero", "mean")
+
+LFM_CONFIG = ConfigNode(
+    "MODEL.LFM",
+    ENABLED=Option(False, "shorthand for MODEL.REGULARIZER.NAME lfm"),
+    PROB=Option(0.15, "probability that a sample of the batch is masked", range=(0.0, 1.0)),
+    CHANNELS=Option(32, "channels drawn (with replacement) per masked sample", range=(1, None)),
+    CHANNEL_FRACTION=Option(0.0, "if > 0, draw this fraction of the stage's channels instead of CHANNELS "
+                                 "(0: use MODEL.LFM.CHANNELS)", range=(0.0, 1.0)),
+    AREA=Option((0.02, 0.4), "range of a rectangle's area, as a fraction of the feature map", range=(0.0, 1.0),
+                ordered_pair=True),
+    ASPECT=Option((0.3, 3.33), "range of a rectangle's aspect ratio (height / width)", range=(0.0, None),
+                  ordered_pair=True),
+    FILL=Option("random", 'value in a rectangle: "random" (uniform [0, 1)), "zero" or "mean" (channel mean)',
+                choices=FILL_MODES),
+    SHARED_CHANNELS=Option(False, "draw one channel set for the whole batch instead of per sample"),
+)
+
+
+def _resolve_enabled(cfg: CfgNode) -> None:
+    """MODEL.LFM.ENABLED True is a shorthand for MODEL.REGULARIZER.NAME lfm."""
+    reg = cfg.MODEL.REGULARIZER
+    if cfg.MODEL.LFM.ENABLED:
+        if reg.NAME not in ("none", "lfm"):
+            raise ConfigError(
+                f"MODEL.LFM.ENABLED is True but MODEL.REGULARIZER.NAME is {reg.NAME!r}: one stage holds one "
+                "regulariser. Set MODEL.LFM.ENABLED False or MODEL.REGULARIZER.NAME lfm."
+            )
+        reg.NAME = "lfm"
 
 
 class Rectangles(NamedTuple):
@@ -52,6 +83,7 @@ class Rectangles(NamedTuple):
     fill_uniform: Tensor  # (N, C) float32 in [0, 1): the fill value of each channel when fill="random"
 
 
+@REGULARIZER_REGISTRY.register("lfm", config=LFM_CONFIG, resolve=_resolve_enabled)
 class LocalFeatureMasking(nn.Module):
     """Masks random rectangles in random channels of a (N, C, H, W) feature map during training.
 
@@ -96,6 +128,13 @@ class LocalFeatureMasking(nn.Module):
         self.fill = fill
         self.shared_channels = bool(shared_channels)
         self.generator = generator
+
+    @classmethod
+    def from_config(cls, cfg: CfgNode) -> dict:
+        lfm = cfg.MODEL.LFM
+        return {"prob": lfm.PROB, "channels": lfm.CHANNEL_FRACTION if lfm.CHANNEL_FRACTION > 0 else lfm.CHANNELS,
+                "area": tuple(lfm.AREA), "aspect": tuple(lfm.ASPECT), "fill": lfm.FILL,
+                "shared_channels": lfm.SHARED_CHANNELS}
 
     def num_draws(self, num_channels: int) -> int:
         """How many channels are drawn per masked sample for a map with ``num_channels`` channels."""

@@ -11,8 +11,9 @@ import time
 from pathlib import Path
 
 from reid.config import load_config
-from reid.data.synthetic import generate_synthetic
 from reid.engine.training import train
+from reid.experiments.synthetic import generate_synthetic
+from reid.export import export_model
 from reid.utils.logger import setup_logger
 
 logger = logging.getLogger("reid.demo")
@@ -36,8 +37,6 @@ def run_demo(root: str = "datasets", output_dir: str = "output/demo", opts: tupl
         table[label] = train(cfg, overwrite=True)  # the demo's outputs are remade on every run
         weights[label] = run_dir / "last.pth"
     if export:
-        from reid.export import export_model
-
         onnx_path = Path(output_dir) / "lfm_synthetic.onnx"
         export_model(weights["BoT + LFM"], onnx_path, fmt="onnx")
         logger.info(f"Exported and verified {onnx_path}")
