@@ -1,10 +1,11 @@
 """Loss correctness on hand-made batches."""
 
+import pytest
 import torch
 import torch.nn.functional as F
 
 from reid.config import load_config
-from reid.modeling.losses import ReIDLoss
+from reid.modeling.losses import LOSS_REGISTRY, ReIDLoss
 from reid.modeling.losses.center import CenterLoss
 from reid.modeling.losses.triplet import TripletLoss, hard_example_mining, pairwise_euclidean
 
@@ -88,3 +89,32 @@ def test_label_smoothing_matches_bot_formula():
     targets = (1 - eps) * F.one_hot(labels, 4) + eps / 4  # BoT's CrossEntropyLabelSmooth
     bot = (-targets * logits.log_softmax(1)).sum(1).mean()
     assert torch.allclose(F.cross_entropy(logits, labels, label_smoothing=eps), bot, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", LOSS_REGISTRY.names())
+def test_every_registered_loss_builds_from_its_config_and_gives_a_gradient(name):
+    """Over the registry: a loss added in its own file is checked here without editing this test."""
+    cfg = load_config(None, ["MODEL.LOSSES", f"('{name}',)"])
+    criterion = ReIDLoss(cfg, num_classes=3, feat_dim=4)
+    feats = torch.randn(6, 4, requires_grad=True)
+    logits = torch.randn(6, 3, requires_grad=True)
+    losses = criterion({"logits": logits, "feat": feats, "bn_feat": feats}, torch.tensor([0, 0, 1, 1, 2, 2]))
+    assert list(losses) == [f"loss_{name}"]
+    loss = losses[f"loss_{name}"]
+    assert loss.dim() == 0 and torch.isfinite(loss)
+    loss.backward()
+    assert any(t.grad is not None and t.grad.abs().sum() > 0 for t in (feats, logits))
+    assert LOSS_REGISTRY.node_of(name) is not None  # its options live with it
+
+
+def test_center_loss_owns_its_optimizer_step():
+    cfg = load_config(None, ["MODEL.LOSSES", "('center',)", "MODEL.CENTER.LR", "0.5", "MODEL.CENTER.WEIGHT", "0.01"])
+    criterion = ReIDLoss(cfg, num_classes=2, feat_dim=3)
+    before = criterion.center.centers.detach().clone()
+    feats, labels = torch.randn(4, 3), torch.tensor([0, 0, 1, 1])
+    sum(criterion({"feat": feats}, labels).values()).backward()
+    grad = criterion.center.centers.grad.clone() / 0.01  # BoT: the weight is divided out of the centers' gradient
+    criterion.step(grad_scale=None)
+    assert torch.allclose(criterion.center.centers.detach(), before - 0.5 * grad)
+    state = criterion.optimizer_state_dict()
+    assert state is not None and "param_groups" in state  # checkpoints keep it as center_optimizer

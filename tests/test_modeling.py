@@ -7,7 +7,7 @@ import torch
 import torchvision
 
 from reid.config import load_config
-from reid.modeling import build_backbone, build_model
+from reid.modeling import BACKBONE_REGISTRY, build_backbone, build_model
 from reid.modeling.heads import BNNeckHead
 from reid.modeling.pretrained import load_pretrained
 from reid.utils.errors import CheckpointError, ConfigError, ReIDError
@@ -179,3 +179,22 @@ def test_missing_placement_name_lists_the_backbones_own():
     assert backbone.stage_path("conv1") == "features" and backbone.stage_path("features") == "features"
     with pytest.raises(ConfigError, match=r"'stem' has no counterpart in backbone toy.*conv1 \(features\)"):
         backbone.stage_path("stem")
+
+
+@pytest.mark.parametrize("name", BACKBONE_REGISTRY.names())
+def test_every_registered_backbone_builds_from_the_config(name):
+    """Over the registry (timm-style): each backbone builds from MODEL.BACKBONE with BoT's last stride and maps
+    a 64x32 batch to a (N, out_channels, 4, 2) map; every stage name it declares is a module of its body."""
+    cfg = load_config(None, ["MODEL.BACKBONE", name, "MODEL.PRETRAINED", "False", "MODEL.LAST_STRIDE", "1"])
+    model = build_model(cfg, num_classes=0).eval()
+    with torch.no_grad():
+        out = model.backbone(torch.rand(2, 3, 64, 32))
+    assert out.shape == (2, model.backbone.out_channels, 4, 2)
+    modules = dict(model.backbone.body.named_modules())
+    assert all(path in modules for path in model.backbone.stages.values())
+
+
+def test_family_names_resolve_in_the_registry():
+    assert "timm:mobilenetv3_small_050" in BACKBONE_REGISTRY and "timm:" not in BACKBONE_REGISTRY
+    with pytest.raises(ConfigError, match="MODEL.BACKBONE holds 'resnet5'.*'resnet50'"):
+        load_config(None, ["MODEL.BACKBONE", "resnet5"])

@@ -10,12 +10,11 @@ import numpy as np
 import pytest
 import torch
 
+from reid.cli import plot_cmc as plot_cmc_tool
 from reid.evaluation import visualize as vis
 from reid.utils.errors import ReIDError
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tools"))
-import plot_cmc as plot_cmc_tool  # noqa: E402
 
 # A tiny problem whose rankings are known by construction.
 #   q0 (pid 1, cam 0): g0 is the same identity from the same camera (excluded, though nearest); g1 is rank 1 -> AP 1

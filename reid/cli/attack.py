@@ -17,7 +17,7 @@ import argparse
 
 from reid.experiments.attack import DEFAULT_TRIPTYCHS, attack
 from reid.engine.testing import config_and_weights
-from reid.evaluation.attacks import ATTACKS
+from reid.evaluation.attacks import ATTACKS, BOTH_OBJECTIVES, OBJECTIVES, objectives_of
 from reid.utils.cli import add_config_arguments, parse_args, parser_from_docstring, run_cli
 
 
@@ -46,7 +46,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--eps", nargs="+", metavar="E", help="whole budgets in 1/255 units (default: TEST.ATTACK.EPS)")
     parser.add_argument("--steps", type=int, default=None,
                         help="iterations of ifgsm/mifgsm/pgd (default: TEST.ATTACK.STEPS)")
-    parser.add_argument("--objective", choices=("feature", "metric", "both"), default=None,
+    parser.add_argument("--objective", choices=(*OBJECTIVES, BOTH_OBJECTIVES), default=None,
                         help="feature: away from the clean feature; metric: away from the true gallery matches "
                              "(default: TEST.ATTACK.OBJECTIVE)")
     parser.add_argument("--vis", type=int, default=DEFAULT_TRIPTYCHS, metavar="N",
@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> None:
     objective = args.objective or cfg.TEST.ATTACK.OBJECTIVE
     attack(cfg, weights, attacks,
            eps_list=_budgets(eps, parser) if eps else list(cfg.TEST.ATTACK.EPS),
-           objectives=["feature", "metric"] if objective == "both" else [objective],
+           objectives=objectives_of(objective),
            steps=cfg.TEST.ATTACK.STEPS if args.steps is None else args.steps,
            vis=args.vis, save_adv=args.save_adv)
 
