@@ -70,12 +70,16 @@ _C.INPUT.FLIP_PROB = 0.5  # probability of a horizontal flip
 _C.INPUT.PADDING = 10  # zero padding before the random crop back to SIZE_TRAIN; 0 disables
 _C.INPUT.RE_PROB = 0.5  # probability of random erasing (input-level, filled with the pixel mean)
 _C.INPUT.RE_AREA = (0.02, 0.4)  # random erasing area range, fraction of the image
+# issue 14: input limits
+_C.INPUT.MAX_IMAGE_PIXELS = 50_000_000  # images with more pixels are refused from their header, before decoding
 
 # ---------------------------------------------------------------------------------------------
 _C.DATASETS = CN()
 _C.DATASETS.ROOT = "datasets"  # folder holding market1501/, DukeMTMC-reID/, MSMT17/, synthetic_*/
 _C.DATASETS.TRAIN = ("market1501",)  # registered dataset names whose train subsets are merged
 _C.DATASETS.TEST = ("market1501",)  # every dataset evaluated (query vs gallery) after training and by tools/test.py
+# issue 14: dataset fingerprints
+_C.DATASETS.ALLOW_CHANGES = False  # a subset that changed since the run recorded it only warns instead of stopping
 
 _C.DATALOADER = CN()
 _C.DATALOADER.NUM_WORKERS = 4  # loader processes; 0 loads in the main process

@@ -16,6 +16,7 @@ from yacs.config import CfgNode as CN
 
 from reid.config.defaults import get_cfg_defaults
 from reid.utils.errors import ConfigError
+from reid.utils.fsio import read_text_capped
 
 BASE_KEY = "_BASE_"
 # The checkout's configs/ (a source or editable install); an installed wheel falls back to ./configs.
@@ -23,6 +24,7 @@ CONFIGS_DIR = Path(__file__).resolve().parents[2] / "configs"
 if not CONFIGS_DIR.is_dir():
     CONFIGS_DIR = Path.cwd() / "configs"
 STUDY_DIR_NAME = "study"  # configs/study/*.yml describe study grids (tools/study.py), not one run
+MAX_CONFIG_BYTES = 1 << 20  # issue 14: a config is a few KiB; a larger file is the wrong file, read in full
 
 
 def resolve_config_path(name: str | Path) -> Path:
@@ -57,7 +59,7 @@ def _read_yaml(path: Path, chain: tuple[Path, ...] = ()) -> dict:
     if path in chain:
         raise ConfigError(f"Config {path} inherits from itself through _BASE_ ({' -> '.join(map(str, chain))}).")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = yaml.safe_load(read_text_capped(path, MAX_CONFIG_BYTES, "config file", ConfigError)) or {}
     except (OSError, yaml.YAMLError) as exc:
         raise ConfigError(f"Cannot read config file {path}: {exc}") from exc
     if not isinstance(data, dict):
@@ -308,6 +310,10 @@ def _check_ranges(cfg: CN) -> None:
     if any(eps < 0 for eps in cfg.TEST.ATTACK.EPS):
         raise ConfigError(
             f"Config key TEST.ATTACK.EPS must hold budgets >= 0 (in 1/255), got {tuple(cfg.TEST.ATTACK.EPS)}.")
+    # issue 14: input limits
+    if cfg.INPUT.MAX_IMAGE_PIXELS < 1:
+        raise ConfigError(
+            f"Config key INPUT.MAX_IMAGE_PIXELS must be 1 or more (pixels), got {cfg.INPUT.MAX_IMAGE_PIXELS}.")
 
 
 def _get(cfg: CN, key: str) -> Any:
