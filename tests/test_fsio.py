@@ -192,3 +192,20 @@ def test_read_text_capped(tmp_path: Path) -> None:
     path.write_bytes(b"\xff\xfe")
     with pytest.raises(fsio.ReIDError, match="is not UTF-8 text"):
         read_text_capped(path, 100)
+
+
+def test_failed_append_leaves_no_partial_line(tmp_path: Path) -> None:
+    path = tmp_path / "metrics.jsonl"
+    fsio.append_text(path, '{"epoch": 1}\n')
+    script = tmp_path / "append.py"
+    script.write_text(
+        "import resource, signal, sys\n"
+        "from reid.utils.cli import run_cli\n"
+        "from reid.utils.fsio import append_text\n"
+        "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"
+        "resource.setrlimit(resource.RLIMIT_FSIZE, (4096, 4096))\n"
+        "run_cli(lambda: append_text(sys.argv[1], '{\"epoch\": 2, \"pad\": \"' + 'x' * 8192 + '\"}\\n'))\n")
+    result = subprocess.run([sys.executable, str(script), str(path)], capture_output=True, text=True, timeout=120,
+                            env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert result.returncode == 2 and _said(f"Cannot write {path}: the file is larger than allowed", result.stderr)
+    assert path.read_text() == '{"epoch": 1}\n'  # cut back: no half record for a reader to choke on

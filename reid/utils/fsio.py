@@ -173,6 +173,35 @@ def atomic_write_text(path: str | os.PathLike, text: str, note: str | None = Non
     return atomic_write_bytes(path, text.encode("utf-8"), note=note)
 
 
+def append_text(path: str | os.PathLike, text: str, note: str | None = None) -> Path:
+    """Append ``text`` (e.g. one metrics.jsonl line) to ``path``; a failed append leaves no partial line.
+
+    On an OS error the file is cut back to its previous length (best effort) and a :class:`WriteError` is
+    raised, so a reader never meets half a JSON record written by a full disk.
+    """
+    path = Path(path)
+    data = text.encode("utf-8")
+    try:
+        with open(path, "ab") as f:
+            previous_size = os.fstat(f.fileno()).st_size
+            try:
+                f.write(data)
+                f.flush()
+            except OSError:
+                _truncate_quietly(f.fileno(), previous_size)
+                raise
+    except OSError as exc:
+        raise WriteError(describe_write_error(exc, path, len(data), note), path, exc) from None
+    return path
+
+
+def _truncate_quietly(fd: int, size: int) -> None:
+    try:
+        os.ftruncate(fd, size)
+    except OSError:
+        pass
+
+
 def remove_stale_temporaries(folder: str | os.PathLike) -> list[Path]:
     """Remove the ``.<name>.<8 chars>.tmp`` files a killed :func:`atomic_write` left directly in ``folder``.
 
