@@ -182,16 +182,19 @@ def append_text(path: str | os.PathLike, text: str, note: str | None = None) -> 
     path = Path(path)
     data = text.encode("utf-8")
     try:
-        with open(path, "ab") as f:
-            previous_size = os.fstat(f.fileno()).st_size
-            try:
-                f.write(data)
-                f.flush()
-            except OSError:
-                _truncate_quietly(f.fileno(), previous_size)
-                raise
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o666)
     except OSError as exc:
         raise WriteError(describe_write_error(exc, path, len(data), note), path, exc) from None
+    try:
+        previous_size = os.fstat(fd).st_size
+        written = 0
+        while written < len(data):  # unbuffered: nothing is left to be flushed (half a line) at close
+            written += os.write(fd, data[written:])
+    except OSError as exc:
+        _truncate_quietly(fd, previous_size)
+        raise WriteError(describe_write_error(exc, path, len(data), note), path, exc) from None
+    finally:
+        os.close(fd)
     return path
 
 
