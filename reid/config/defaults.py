@@ -49,12 +49,14 @@ _C.INPUT.FLIP_PROB = 0.5  # probability of a horizontal flip
 _C.INPUT.PADDING = 10  # zero padding before the random crop back to SIZE_TRAIN; 0 disables
 _C.INPUT.RE_PROB = 0.5  # probability of random erasing (input-level, filled with the pixel mean)
 _C.INPUT.RE_AREA = (0.02, 0.4)  # random erasing area range, fraction of the image
+_C.INPUT.MAX_IMAGE_PIXELS = 50_000_000  # images with more pixels are refused from their header, before decoding
 
 # ---------------------------------------------------------------------------------------------
 _C.DATASETS = CN()
 _C.DATASETS.ROOT = "datasets"  # folder holding market1501/, DukeMTMC-reID/, MSMT17/, synthetic_*/
 _C.DATASETS.TRAIN = ("market1501",)  # registered dataset names whose train subsets are merged
 _C.DATASETS.TEST = ("market1501",)  # every dataset evaluated (query vs gallery) after training and by tools/test.py
+_C.DATASETS.ALLOW_CHANGES = False  # a subset that changed since the run recorded it only warns instead of stopping
 
 _C.DATALOADER = CN()
 _C.DATALOADER.NUM_WORKERS = 4  # loader processes; 0 loads in the main process
@@ -116,7 +118,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
 }
 POSITIVE = ("SOLVER.BASE_LR", "SOLVER.MAX_EPOCHS", "SOLVER.IMS_PER_BATCH", "TEST.IMS_PER_BATCH",
             "DATALOADER.NUM_INSTANCE", "TEST.MAX_RANK", "SOLVER.LOG_PERIOD")
-AT_LEAST_ONE = ("TEST.RERANK_K1", "TEST.RERANK_K2")
+AT_LEAST_ONE = ("TEST.RERANK_K1", "TEST.RERANK_K2", "INPUT.MAX_IMAGE_PIXELS")
 NON_NEGATIVE = ("DATALOADER.NUM_WORKERS", "SOLVER.WARMUP_EPOCHS", "TEST.EVAL_PERIOD", "SOLVER.CHECKPOINT_PERIOD")
 PROBABILITIES = ("INPUT.FLIP_PROB", "INPUT.RE_PROB", "TEST.RERANK_LAMBDA")
 AREA_RANGES = ("INPUT.RE_AREA",)  # (low, high) with 0 < low <= high <= 1

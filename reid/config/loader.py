@@ -18,12 +18,14 @@ from reid.config import checks, defaults
 from reid.config.configurable import check_registered_components
 from reid.config.defaults import get_cfg_defaults
 from reid.utils.errors import ConfigError
+from reid.utils.fsio import atomic_write_text, read_text_capped
 
 BASE_KEY = "_BASE_"
 # The shipped experiment files are package data (the checkout's top-level configs/ links to them), so an
 # installed package finds them by name from any folder, as detectron2's model zoo configs.
 CONFIGS_DIR = Path(__file__).resolve().parents[1] / "configs"
 STUDY_DIR_NAME = "study"  # configs/study/*.yml describe study grids (tools/study.py), not one run
+MAX_CONFIG_BYTES = 1 << 20  # a config is a few KiB: a larger file is the wrong file, and is not read in full
 
 
 def config_dir() -> Path:
@@ -63,7 +65,7 @@ def _read_yaml(path: Path, chain: tuple[Path, ...] = ()) -> dict:
     if path in chain:
         raise ConfigError(f"Config {path} inherits from itself through _BASE_ ({' -> '.join(map(str, chain))}).")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = yaml.safe_load(read_text_capped(path, MAX_CONFIG_BYTES, "config file", ConfigError)) or {}
     except (OSError, yaml.YAMLError) as exc:
         raise ConfigError(f"Cannot read config file {path}: {exc}") from exc
     if not isinstance(data, dict):
@@ -253,12 +255,22 @@ def finalize_config(cfg: CN) -> None:
 _get = checks.get
 
 
+class _PlainDumper(yaml.SafeDumper):
+    """Safe YAML without anchors: equal lists (SIZE_TRAIN, SIZE_TEST) are written out, not as &id001/*id001."""
+
+    def ignore_aliases(self, data: Any) -> bool:
+        return True
+
+
+def dump_config(cfg: CN) -> str:
+    """The config as plain YAML (sorted keys, no anchors), readable by ``--config``."""
+    return yaml.dump(config_to_dict(cfg), Dumper=_PlainDumper, sort_keys=True, default_flow_style=False)
+
+
 def save_config(cfg: CN, path: str | Path) -> Path:
-    """Write the final config as yml (readable by ``--config``) so every output records how it was made."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(cfg.dump())
-    return path
+    """Write the final config as yml (readable by ``--config``) so every output records how it was made;
+    atomically, with one clear message when the disk is full."""
+    return atomic_write_text(Path(path), dump_config(cfg))
 
 
 def config_from_dict(data: dict, opts: Iterable[str] = ()) -> CN:
@@ -274,8 +286,15 @@ def config_from_dict(data: dict, opts: Iterable[str] = ()) -> CN:
 
 
 def config_to_dict(cfg: CN) -> dict:
-    """A plain, picklable-by-json mapping of the config (tuples become lists)."""
-    return yaml.safe_load(cfg.dump())
+    """A plain, JSON-ready mapping of the config (tuples become lists)."""
+    def plain(value: Any) -> Any:
+        if isinstance(value, dict):
+            return {key: plain(item) for key, item in value.items()}
+        if isinstance(value, (tuple, list)):
+            return [plain(item) for item in value]
+        return value
+
+    return plain(cfg)
 
 
 def flatten_config(tree: dict, prefix: str = "") -> dict[str, Any]:

@@ -9,8 +9,10 @@ from pathlib import Path
 
 from reid.data.datasets.base import IMAGE_SUFFIXES, describe_folder
 from reid.utils.errors import DatasetError, ReIDError
+from reid.utils.paths import describe_path_problem
 
 UNKNOWN = -1  # pid / camid of a file name that follows no known convention
+MAX_SCANNED_FILES = 1_000_000  # issue 14: a larger tree is a wrong folder (a disk, a home) until said otherwise
 
 # Patterns capturing pid and 1-based camera, tried in order on the file name.
 NAME_CONVENTIONS = (
@@ -28,21 +30,32 @@ class ImageScan:
     others: list[Path] = field(default_factory=list)  # files whose suffix is not an image's, sorted
 
 
-def scan_images(folder: str | os.PathLike) -> ImageScan:
+def scan_images(folder: str | os.PathLike, max_files: int = MAX_SCANNED_FILES) -> ImageScan:
     """Every .jpg/.jpeg/.png/.bmp file under ``folder`` (recursively, case-insensitive), and the other files.
 
-    Hidden files and folders are ignored. A missing folder, or one without images, is a DatasetError
-    that says what the folder holds.
+    Hidden files and folders are ignored, and linked folders are not entered. A missing folder, one without
+    images, a broken or looping symbolic link among the images, or a tree of more than ``max_files`` files
+    (a wrong folder, such as a whole disk: the walk stops there) is a DatasetError that says what was found.
     """
     folder = Path(folder)
-    if not folder.is_dir():
-        raise DatasetError(f"Image folder {folder} does not exist or is not a folder ({describe_folder(folder)}).")
+    problem = describe_path_problem(folder, expect="folder")
+    if problem is not None:
+        raise DatasetError(f"Image folder {problem.text}.")
     scan = ImageScan()
-    for dirpath, dirnames, filenames in os.walk(folder):
-        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
-        for name in filenames:
-            if not name.startswith("."):
-                (scan.images if name.lower().endswith(IMAGE_SUFFIXES) else scan.others).append(Path(dirpath) / name)
+    bad_links: list[str] = []
+    pending = [folder]
+    while pending:
+        directory = pending.pop()
+        try:
+            _scan_directory(directory, folder, scan, bad_links, pending, max_files)
+        except OSError as exc:
+            raise DatasetError(f"Cannot list {directory} (inside image folder {folder}): "
+                               f"{exc.strerror or exc}.") from None
+    if bad_links:
+        bad_links.sort()
+        shown = "; ".join(bad_links[:3]) + ("; ..." if len(bad_links) > 3 else "")
+        raise DatasetError(f"Image folder {folder} holds {len(bad_links)} image link(s) that lead nowhere: {shown}. "
+                           "Fix or remove them.")
     if not scan.images:
         raise DatasetError(
             f"Image folder {folder} holds no images ({', '.join(IMAGE_SUFFIXES)}, searched recursively): "
@@ -51,6 +64,33 @@ def scan_images(folder: str | os.PathLike) -> ImageScan:
     scan.images.sort()
     scan.others.sort()
     return scan
+
+
+def _scan_directory(directory: Path, folder: Path, scan: ImageScan, bad_links: list[str], pending: list[Path],
+                    max_files: int) -> None:
+    """One folder of :func:`scan_images`, counted while it is listed (a folder of millions is not read in full)."""
+    with os.scandir(directory) as entries:
+        for entry in entries:
+            if entry.name.startswith("."):
+                continue
+            if entry.is_dir(follow_symlinks=False):
+                pending.append(Path(entry.path))
+                continue
+            is_image = entry.name.lower().endswith(IMAGE_SUFFIXES)
+            if entry.is_symlink():
+                link_problem = describe_path_problem(entry.path)
+                if link_problem is not None:
+                    if is_image:  # a broken or looping link where an image should be
+                        bad_links.append(link_problem.text)
+                    continue
+                if entry.is_dir():  # a link to a folder: not entered, as before
+                    continue
+            (scan.images if is_image else scan.others).append(Path(entry.path))
+            if len(scan.images) + len(scan.others) > max_files:
+                raise DatasetError(
+                    f"Image folder {folder} holds more than {max_files:,} files (stopped counting at "
+                    f"{directory}): is it the right folder? Point to the folder of the images themselves, or "
+                    "raise the limit if the collection really is that large.")
 
 
 def find_images(folder: str | os.PathLike) -> list[Path]:

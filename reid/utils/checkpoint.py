@@ -7,10 +7,8 @@ target, so a kill mid-write leaves the previous checkpoint intact.
 
 from __future__ import annotations
 
-import os
 import pickle
 import random
-import tempfile
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -19,34 +17,41 @@ import numpy as np
 import torch
 
 from reid.utils.errors import CheckpointError
+from reid.utils.fsio import atomic_write
+from reid.utils.paths import describe_path_problem
 
 CHECKPOINT_FORMAT = "lfm-reid/checkpoint"  # written by tools/train.py
 RELEASE_FORMAT = "lfm-reid/release"  # written by tools/export.py --format release (reid.export.release)
 RELEASE_VERSION = 1  # raise when the release layout changes in a way older readers cannot follow
 
 
-def atomic_save(obj: Any, path: str | Path) -> Path:
-    """``torch.save`` to a temporary file in the same folder, fsync, then rename over ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; follow the umask like open() would
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+def atomic_save(obj: Any, path: str | Path, note: str | None = None) -> Path:
+    """``torch.save`` to a temporary file in the same folder, fsync, then rename over ``path``.
+
+    A full disk, a quota or any other OS error becomes a :class:`reid.utils.fsio.WriteError` naming the file,
+    the bytes needed and free, and ``note`` (e.g. "The last good checkpoint is ... (epoch 12)."); the previous
+    ``path`` and everything else in the folder stay as they were, and the temporary file is removed.
+    """
+    return atomic_write(path, lambda f: torch.save(obj, f), bytes_needed=tensor_bytes(obj), note=note)
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+def tensor_bytes(obj: Any) -> int:
+    """Bytes of the tensor storages in a nested dict/list/tuple: about what ``torch.save`` writes."""
+    storages: dict[int, int] = {}  # views of one storage are written once
+
+    def visit(value: Any) -> None:
+        if isinstance(value, torch.Tensor):
+            storage = value.untyped_storage()
+            storages[storage.data_ptr() or id(storage)] = storage.nbytes()
+        elif isinstance(value, dict):
+            for item in value.values():
+                visit(item)
+        elif isinstance(value, (list, tuple)):
+            for item in value:
+                visit(item)
+
+    visit(obj)
+    return sum(storages.values())
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict:
@@ -54,8 +59,9 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     path = Path(path)
     if path.is_dir():
         raise CheckpointError(f"Checkpoint {path} is a folder; pass a checkpoint file in it (e.g. {path}/best.pth).")
-    if not path.is_file():
-        raise CheckpointError(f"Checkpoint {path} does not exist.")
+    problem = describe_path_problem(path, expect="file")
+    if problem is not None:
+        raise CheckpointError(f"Checkpoint {problem.text}.")
     if path.stat().st_size == 0:
         raise CheckpointError(f"Checkpoint {path} is empty (0 bytes): an interrupted copy or write? Use another file.")
     export_kind = _export_kind(path)

@@ -7,6 +7,7 @@ under ``DATASETS.ROOT`` and how to parse them, and decorate it with ``@DATASET_R
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import re
@@ -17,6 +18,7 @@ from pathlib import Path
 from typing import ClassVar, NamedTuple
 
 from reid.utils.errors import DatasetError
+from reid.utils.paths import describe_path_problem
 from reid.utils.registry import Registry
 
 logger = logging.getLogger("reid.data")
@@ -80,17 +82,31 @@ class ReIDDataset:
 
 
 def describe_folder(path: Path, limit: int = 10) -> str:
-    """What a folder holds, for error messages: up to ``limit`` visible entries, folders marked with '/'."""
-    if not path.exists():
-        return f"{path} does not exist"
-    if not path.is_dir():
-        return f"{path} is a file, not a folder"
+    """What a folder holds, for error messages: up to ``limit`` visible entries, folders marked with '/'.
+
+    A path that is not a usable folder is described instead ("... does not exist", "... is a broken symbolic
+    link to ...", "... is a symbolic link loop (a -> b -> a)"); broken or looping links among the entries
+    are marked as such.
+    """
+    problem = describe_path_problem(path, expect="folder")
+    if problem is not None:
+        return problem.text
     entries = sorted((p for p in path.iterdir() if not p.name.startswith(".")), key=lambda p: p.name)
     if not entries:
         return f"{path} is empty"
-    shown = [p.name + ("/" if p.is_dir() else "") for p in entries[:limit]]
+    shown = [_entry_label(p) for p in entries[:limit]]
     more = f" (and {len(entries) - limit} more)" if len(entries) > limit else ""
     return f"{path} holds: {', '.join(shown)}{more}"
+
+
+def _entry_label(path: Path) -> str:
+    if path.is_symlink():
+        problem = describe_path_problem(path)
+        if problem is not None and problem.kind == "broken_link":
+            return f"{path.name} (a broken link to {os.readlink(path)})"
+        if problem is not None and problem.kind == "link_loop":
+            return f"{path.name} (a symbolic link loop)"
+    return path.name + ("/" if path.is_dir() else "")
 
 
 def list_images(directory: Path) -> list[Path]:
@@ -241,3 +257,110 @@ def check_datasets(names: Iterable[str], root: str | os.PathLike) -> None:
             problems.append(str(exc))
     if problems:
         raise DatasetError("\n".join(problems))
+
+
+# --------------------------------------------------------------------------------------------------
+# Fingerprints: has a subset changed since a run recorded it?
+
+FINGERPRINT_VERSION = 1  # raise when the hashing changes; older records are then compared by counts only
+SUBSETS = ("train", "query", "gallery")
+
+
+@dataclass(frozen=True)
+class SubsetFingerprint:
+    """Counts and three hashes of a subset's listing, in sorted order of the images' paths (relative to the
+    dataset's folder, so a dataset moved elsewhere keeps its fingerprint): which images with which labels,
+    their sizes, and their modification times. One ``stat`` per image, no reading."""
+
+    images: int
+    identities: int
+    cameras: int
+    listing: str  # relative paths, pids and camera ids
+    sizes: str  # file sizes in bytes
+    mtimes: str  # modification times in ns
+    version: int = FINGERPRINT_VERSION
+
+    def to_dict(self) -> dict:
+        return {"images": self.images, "identities": self.identities, "cameras": self.cameras,
+                "listing": self.listing, "sizes": self.sizes, "mtimes": self.mtimes, "version": self.version}
+
+    @classmethod
+    def from_dict(cls, data: object, where: str = "the run's record") -> SubsetFingerprint:
+        """Read back :meth:`to_dict`'s mapping (e.g. from results.json); a DatasetError when it is malformed."""
+        names = ("images", "identities", "cameras", "listing", "sizes", "mtimes", "version")
+        if not isinstance(data, dict) or any(name not in data for name in names):
+            raise DatasetError(f"The dataset fingerprint in {where} is malformed (expected the keys "
+                               f"{', '.join(names)}, got {data!r:.200}). Was the file edited?")
+        return cls(**{name: data[name] for name in names})
+
+
+def fingerprint_records(records: Sequence[ImageRecord], root: str | os.PathLike) -> SubsetFingerprint:
+    """The :class:`SubsetFingerprint` of ``records`` (paths made relative to ``root``)."""
+    root = os.fspath(root)
+    rows = sorted((os.path.relpath(r.path, root), r.pid, r.camid, r.path) for r in records)
+    listing, sizes, mtimes = hashlib.sha256(), hashlib.sha256(), hashlib.sha256()
+    for rel_path, pid, camid, path in rows:
+        try:
+            info = os.stat(path)
+        except OSError:
+            problem = describe_path_problem(path, expect="file")
+            raise DatasetError(f"Image {problem.text if problem else path} although it was just listed: is the "
+                               f"dataset at {root} being changed while it is read?") from None
+        listing.update(f"{rel_path}\0{pid}\0{camid}\n".encode("utf-8", "surrogateescape"))
+        sizes.update(f"{info.st_size}\n".encode())
+        mtimes.update(f"{info.st_mtime_ns}\n".encode())
+    identities, images, cameras = subset_stats(records)
+    return SubsetFingerprint(images, identities, cameras, listing.hexdigest()[:16], sizes.hexdigest()[:16],
+                             mtimes.hexdigest()[:16])
+
+
+def fingerprint_dataset(dataset: ReIDDataset, subsets: Iterable[str] = SUBSETS) -> dict[str, dict]:
+    """``{subset: fingerprint mapping}`` of a parsed dataset: what a run records (e.g. in results.json)."""
+    return {subset: fingerprint_records(getattr(dataset, subset), dataset.root).to_dict() for subset in subsets}
+
+
+def describe_fingerprint_change(subset: str, before: SubsetFingerprint, now: SubsetFingerprint) -> str | None:
+    """'gallery: 15913 -> 7956 images, 751 -> 700 identities' or similar; None when nothing changed."""
+    counts = [f"{getattr(before, key)} -> {getattr(now, key)} {key}" for key in ("images", "identities", "cameras")
+              if getattr(before, key) != getattr(now, key)]
+    if counts:
+        return f"{subset}: {', '.join(counts)}"
+    if before.version != now.version:
+        return None  # hashed differently: only the counts can be compared, and they agree
+    if before.listing != now.listing:
+        return (f"{subset}: the same {now.images} images by count, but other files or labels (files renamed, or "
+                "some removed and as many added)")
+    if before.sizes != now.sizes:
+        return f"{subset}: the same {now.images} files, but some have another size (replaced or rewritten)"
+    if before.mtimes != now.mtimes:
+        return (f"{subset}: the same {now.images} files and sizes, but other modification times (rewritten in "
+                "place, or the dataset was copied without keeping times; cp -p and rsync -a keep them)")
+    return None
+
+
+def check_fingerprints(dataset: ReIDDataset, recorded: dict, allow_changes: bool = False,
+                       recorded_in: str = "the run started", override: str = "DATASETS.ALLOW_CHANGES True"
+                       ) -> list[str]:
+    """Compare the subsets of ``dataset`` with ``recorded`` (:func:`fingerprint_dataset`'s mapping).
+
+    Only the subsets present in ``recorded`` are checked. A change raises a DatasetError naming the dataset,
+    each changed subset and how (counts before -> after, or which part of the listing differs); with
+    ``allow_changes`` it is logged as a warning instead. Returns the changes found (empty when none).
+    """
+    changes = []
+    for subset, data in recorded.items():
+        if subset not in SUBSETS:
+            continue
+        before = SubsetFingerprint.from_dict(data, where=f"the record of {dataset.name} {subset}")
+        now = fingerprint_records(getattr(dataset, subset), dataset.root)
+        change = describe_fingerprint_change(subset, before, now)
+        if change:
+            changes.append(change)
+    if not changes:
+        return changes
+    message = (f"Dataset {dataset.name} at {dataset.root} changed since {recorded_in}: {'; '.join(changes)}. "
+               "Metrics of a different set of images cannot be compared with the recorded ones.")
+    if allow_changes:
+        logger.warning(f"{message} Going on, as {override} allows.")
+        return changes
+    raise DatasetError(f"{message} Restore the dataset, or accept the change explicitly with {override}.")
