@@ -31,8 +31,13 @@ def installed_venv(tmp_path_factory) -> Path:
     come from the test's own environment through a .pth file, so nothing is downloaded."""
     work = tmp_path_factory.mktemp("packaging")
     source = work / "source"  # a copy, so building leaves no build/ or egg-info in the checkout
-    shutil.copytree(REPO, source, symlinks=True, ignore=shutil.ignore_patterns(
-        ".git", ".venv", "output", "datasets", "__pycache__", "*.egg-info", "build", "dist", ".pytest_cache"))
+    top_level = {".git", ".venv", "output", "datasets", "build", "dist", ".pytest_cache"}
+
+    def ignore(folder: str, names: list[str]) -> set[str]:
+        skipped = {n for n in names if n == "__pycache__" or n.endswith(".egg-info")}
+        return skipped | (top_level & set(names) if Path(folder) == REPO else set())
+
+    shutil.copytree(REPO, source, symlinks=True, ignore=ignore)
     run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--no-index", "-q",
          "-w", work / "dist", source], cwd=work)
     wheel = next((work / "dist").glob("lfm_reid-*.whl"))

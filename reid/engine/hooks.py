@@ -72,8 +72,12 @@ class Checkpointer(HookBase):
     def save(self, name: str) -> Path | None:
         if not comm.is_main_process():
             return None
-        path = atomic_save(self.trainer.state_dict(), self.dir / name)
-        self.trainer.last_checkpoint = str(path)
+        t = self.trainer
+        # A full disk stops the run with one message that says where the work is (the file is untouched).
+        note = (f"The last good checkpoint is {t.last_checkpoint}; continue with tools/train.py --config "
+                f"{self.dir / 'config.yaml'} --resume once there is space." if t.last_checkpoint else None)
+        path = atomic_save(t.state_dict(), self.dir / name, note=note)
+        t.last_checkpoint = str(path)
         return path
 
     def after_epoch(self) -> None:

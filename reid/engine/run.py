@@ -6,13 +6,19 @@
   ``--overwrite``, trim the metrics a killed run wrote after its checkpoint on ``--resume``) and the files
   a run writes (``metrics.jsonl``, ``results.json``);
 - :func:`write_results`: ``results.json`` without ever losing an earlier one;
+- :func:`lock_output`: one run per output folder (:class:`reid.utils.runlock.RunLock`, held by rank 0);
 - :func:`resolve_weights`: which checkpoint an evaluation tool evaluates.
+
+Every file is written atomically (:mod:`reid.utils.fsio`): a full disk gives one message naming the file and
+the space, and leaves what was saved before as it was.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
+import shutil
 import time
 from pathlib import Path
 
@@ -20,10 +26,13 @@ import torch
 from yacs.config import CfgNode
 
 from reid.config import save_config
+from reid.data.io import set_max_image_pixels
 from reid.utils import comm
 from reid.utils.env import random_seed, resolve_device
 from reid.utils.errors import CheckpointError, ReIDError
+from reid.utils.fsio import append_text, atomic_write_text, remove_stale_temporaries
 from reid.utils.logger import setup_logger
+from reid.utils.runlock import RunLock
 
 logger = logging.getLogger("reid.engine")
 
@@ -41,6 +50,7 @@ def setup_run(cfg: CfgNode, config_name: str | None = CONFIG_NAME) -> torch.devi
     ``None`` saves nothing (training saves it once the run is known to start).
     """
     device_name = resolve_device(cfg.DEVICE)
+    set_max_image_pixels(cfg.INPUT.MAX_IMAGE_PIXELS)
     comm.init_distributed_from_env(use_cuda=device_name.startswith("cuda"))
     setup_logger(cfg.OUTPUT_DIR, comm.get_rank())
     if cfg.SEED < 0:  # drawn once, shared by every rank, and written into the saved config
@@ -59,20 +69,37 @@ def setup_run(cfg: CfgNode, config_name: str | None = CONFIG_NAME) -> torch.devi
     return device
 
 
+def lock_output(folder: str | Path) -> RunLock:
+    """The exclusive lock of an output folder for a command's whole run (``with lock_output(dir): ...``).
+
+    Under DDP only rank 0 holds it (torchrun's RANK; the process group may not exist yet). A second command
+    on a locked folder stops at once (exit 2) naming the holder's pid and command; the kernel drops the lock
+    when its process dies, so a killed run never leaves a stale one.
+    """
+    return RunLock(folder, hold=comm.get_rank_from_env() == 0)
+
+
 def write_results(output_dir: str | Path, data: dict) -> Path:
-    """Write ``results.json``; an earlier one is kept as ``results.<mtime>.json``, never silently lost."""
+    """Write ``results.json``; an earlier one is kept as ``results.<mtime>.json``, never silently lost.
+
+    The earlier file is linked (or copied) to its archived name before the new one is written atomically, so
+    a full disk leaves both the old results and their archive in place.
+    """
     path = Path(output_dir) / RESULTS_NAME
     if path.exists():
         stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(path.stat().st_mtime))
-        path.rename(path.with_name(f"results.{stamp}.json"))
-    path.write_text(json.dumps(data, indent=2))
-    return path
+        archived = path.with_name(f"results.{stamp}.json")
+        if not archived.exists():
+            try:
+                os.link(path, archived)
+            except OSError:
+                shutil.copy2(path, archived)
+    return atomic_write_text(path, json.dumps(data, indent=2))
 
 
 def append_jsonl(path: Path, record: dict) -> None:
-    """One JSON object per line: easy to tail, grep and load with pandas."""
-    with open(path, "a") as f:
-        f.write(json.dumps(record) + "\n")
+    """One JSON object per line: easy to tail, grep and load with pandas (a failed append leaves no half line)."""
+    append_text(path, json.dumps(record) + "\n")
 
 
 class RunFolder:
@@ -89,17 +116,31 @@ class RunFolder:
     def last(self) -> Path:
         return self.path / LAST
 
+    def remove_stale_temporaries(self) -> None:
+        """Temporary files a killed run left while writing a checkpoint (each can be a full checkpoint's size);
+        call it with the folder's lock held, when no other run can be writing them."""
+        for path in remove_stale_temporaries(self.path) if self.path.is_dir() else []:
+            logger.info(f"Removed {path}, left by a run killed while writing.")
+
+    def run_files(self) -> list[str]:
+        """The files that show a training run has used this folder (checkpoints, its config, log or metrics)."""
+        names = (LAST, BEST, CONFIG_NAME, LOG_NAME, METRICS_NAME)
+        return [name for name in names if (self.path / name).is_file()] + sorted(
+            p.name for p in self.path.glob("epoch_*.pth"))
+
     def check_start(self, resume: bool, overwrite: bool) -> None:
         """A folder that already holds a run is continued with ``resume``, replaced with ``overwrite``, and
         otherwise refused, so a finished model is never lost to a repeated command."""
-        existing = [name for name in (LAST, BEST) if (self.path / name).is_file()]
+        existing = self.run_files() if self.path.is_dir() else []
         if existing and not (resume or overwrite):
             raise ReIDError(
                 f"OUTPUT_DIR {self.path} already holds a training run ({', '.join(existing)}). Continue it with "
-                "--resume, train into another OUTPUT_DIR, or pass --overwrite to replace its checkpoints and config."
+                "--resume (which starts from scratch when no checkpoint was written yet), train into another "
+                "OUTPUT_DIR, or pass --overwrite to replace its checkpoints and config (its log and metrics are "
+                "kept under time-stamped names)."
             )
 
-    def archive_previous_run(self) -> None:
+    def archive_previous_run(self, remove_checkpoints: bool = True) -> None:
         """Before a fresh start (``--overwrite``) in a used folder: no stale file may pass for the new run's.
 
         The old log and metrics are kept under a time-stamped name (like ``results.json``); its
@@ -113,6 +154,8 @@ class RunFolder:
             path = self.path / name
             if path.is_file():
                 path.rename(path.with_name(f"{path.stem}.{stamp}{path.suffix}"))
+        if not remove_checkpoints:
+            return
         for path in [self.path / LAST, self.path / BEST, *self.path.glob("epoch_*.pth")]:
             path.unlink(missing_ok=True)
 
@@ -128,7 +171,7 @@ class RunFolder:
                 continue
             if record.get("iter", 0) <= iteration and record.get("epoch", 0) <= epoch:
                 kept.append(line)
-        self.metrics.write_text("".join(line + "\n" for line in kept))
+        atomic_write_text(self.metrics, "".join(line + "\n" for line in kept))
 
     def previous_results(self) -> dict:
         """The results a finished run wrote (empty when it wrote none)."""

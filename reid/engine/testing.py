@@ -9,11 +9,12 @@ from yacs.config import CfgNode
 
 from reid.config import load_config
 from reid.data import check_datasets
-from reid.engine.run import resolve_weights, setup_run, write_results
+from reid.engine.dataset_record import TEST_SUBSETS
+from reid.engine.run import lock_output, resolve_weights, setup_run, write_results
 from reid.evaluation.evaluator import ExtractedFeatures, evaluate_datasets
 from reid.evaluation.rank import RankResult
 from reid.evaluation.visualize import plot_cmc, save_ranked_lists_from_features
-from reid.modeling.checkpoint import load_model, read_stored_config
+from reid.modeling.checkpoint import load_model, read_stored_config, summarize_checkpoint
 from reid.utils.errors import ConfigError, ReIDError
 
 logger = logging.getLogger("reid.engine")
@@ -37,17 +38,22 @@ def test(cfg: CfgNode, weights: str | Path, vis: int = 0, vis_mode: str = "worst
                           "DATASETS.TEST \"('market1501', 'dukemtmc')\".")
     if vis < 0:
         raise ConfigError(f"--vis takes a number of queries per dataset (0 or more), got {vis}.")
-    device = setup_run(cfg, config_name="test_config.yaml")
-    check_datasets(cfg.DATASETS.TEST, cfg.DATASETS.ROOT)
-    model, cfg = load_model(weights, cfg, device=device)
-    out = Path(cfg.OUTPUT_DIR)
+    with lock_output(cfg.OUTPUT_DIR):
+        device = setup_run(cfg, config_name="test_config.yaml")
+        check_datasets(cfg.DATASETS.TEST, cfg.DATASETS.ROOT)
+        model, cfg = load_model(weights, cfg, device=device)
+        out = Path(cfg.OUTPUT_DIR)
+        # The data the checkpoint's run evaluated on, as it recorded it: a test set changed since is named.
+        recorded = {name: {s: fp for s, fp in subsets.items() if s in TEST_SUBSETS}
+                    for name, subsets in (summarize_checkpoint(weights).datasets or {}).items()}
 
-    def draw(name: str, extracted: ExtractedFeatures, results: dict[str, RankResult], row: dict) -> None:
-        _draw(cfg, name, extracted, results, row, out, vis, vis_mode)
+        def draw(name: str, extracted: ExtractedFeatures, results: dict[str, RankResult], row: dict) -> None:
+            _draw(cfg, name, extracted, results, row, out, vis, vis_mode)
 
-    table = evaluate_datasets(cfg, model, device, on_dataset=draw, title=f"Results of {weights}:")
-    logger.info(f"Wrote {write_results(out, {'results': table, 'weights': str(weights)})}")
-    return table
+        table = evaluate_datasets(cfg, model, device, on_dataset=draw, title=f"Results of {weights}:",
+                                  recorded=recorded, recorded_in=f"the run of {weights} recorded it")
+        logger.info(f"Wrote {write_results(out, {'results': table, 'weights': str(weights)})}")
+        return table
 
 
 def _draw(cfg: CfgNode, name: str, extracted: ExtractedFeatures, results: dict[str, RankResult], row: dict,

@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import logging
+import statistics
+from collections import Counter
 
 import torch
 from yacs.config import CfgNode
 
 from reid.config import save_config
 from reid.data import build_train_loader, check_datasets
+from reid.data.datasets import ReIDDataset
+from reid.engine.dataset_record import DatasetRecord
 from reid.engine.hooks import Checkpointer, PeriodicEvaluator, ProgressLogger
-from reid.engine.run import CONFIG_NAME, RunFolder, setup_run, write_results
+from reid.engine.run import CONFIG_NAME, RunFolder, lock_output, setup_run, write_results
 from reid.engine.trainer import Trainer
 from reid.evaluation.evaluator import evaluate_datasets
 from reid.modeling import ReIDLoss, build_model
@@ -28,12 +32,22 @@ def train(cfg: CfgNode, resume: bool = False, overwrite: bool = False) -> dict:
     """Train with the configured model, losses and schedule; return the final evaluation results.
 
     An OUTPUT_DIR that already holds a run is continued with ``resume``, replaced with ``overwrite``,
-    and otherwise refused, so a finished model is never lost to a repeated command.
+    and otherwise refused, so a finished model is never lost to a repeated command. The folder is locked for
+    the whole run: a second run on it stops at once, naming this one.
     """
     folder = RunFolder(cfg.OUTPUT_DIR)
-    folder.check_start(resume, overwrite)
-    if not resume and comm.get_rank_from_env() == 0:
-        folder.archive_previous_run()
+    with lock_output(folder.path):
+        if comm.get_rank_from_env() == 0:
+            folder.remove_stale_temporaries()
+        folder.check_start(resume, overwrite)
+        if comm.get_rank_from_env() == 0 and (not resume or not folder.last.is_file()):
+            # A fresh start (--overwrite, or --resume of a run killed before its first checkpoint) keeps the
+            # old log and metrics under time-stamped names: nothing of the old run passes for the new one's.
+            folder.archive_previous_run(remove_checkpoints=not resume)
+        return _train(cfg, folder, resume)
+
+
+def _train(cfg: CfgNode, folder: RunFolder, resume: bool) -> dict:
     # The config is saved only once the datasets and a resumed checkpoint are known to fit it: a failed
     # --resume must leave the config the run was started with in place.
     device = setup_run(cfg, config_name=None)
@@ -43,6 +57,7 @@ def train(cfg: CfgNode, resume: bool = False, overwrite: bool = False) -> dict:
     seed_everything(cfg.SEED)
 
     data = build_train_loader(cfg, comm.get_rank(), comm.get_world_size())
+    note_sampler_filling(cfg, data.datasets)
     model = build_model(cfg, data.num_classes).to(device)
     if device.type == "cuda" and cfg.SOLVER.CHANNELS_LAST:
         model = model.to(memory_format=torch.channels_last)
@@ -50,12 +65,14 @@ def train(cfg: CfgNode, resume: bool = False, overwrite: bool = False) -> dict:
     optimizer = build_optimizer(cfg, model)
     scheduler = build_lr_scheduler(cfg, optimizer, len(data))
 
+    record = DatasetRecord(cfg, data.datasets)
     checkpointer = Checkpointer(cfg.OUTPUT_DIR, cfg.SOLVER.CHECKPOINT_PERIOD, {"num_classes": data.num_classes})
-    evaluator = PeriodicEvaluator(lambda m: evaluate_datasets(cfg, m, device), cfg.TEST.EVAL_PERIOD,
-                                  cfg.TEST.BEST_METRIC, checkpointer, cfg.OUTPUT_DIR)
+    evaluator = PeriodicEvaluator(lambda m: evaluate_datasets(cfg, m, device, recorded=record.test_sets()),
+                                  cfg.TEST.EVAL_PERIOD, cfg.TEST.BEST_METRIC, checkpointer, cfg.OUTPUT_DIR)
     # The checkpointer runs before the evaluator: an evaluation that fails (an unreadable gallery
     # image, out of memory) never costs the epoch's weights.
-    hooks = [ProgressLogger(cfg.OUTPUT_DIR, cfg.SOLVER.LOG_PERIOD, cfg.SOLVER.IMS_PER_BATCH), checkpointer, evaluator]
+    hooks = [record, ProgressLogger(cfg.OUTPUT_DIR, cfg.SOLVER.LOG_PERIOD, cfg.SOLVER.IMS_PER_BATCH), checkpointer,
+             evaluator]
     trainer = Trainer(cfg, model, criterion, optimizer, scheduler, data, device, hooks=hooks)
     if resume:
         _resume(trainer, folder)
@@ -65,6 +82,7 @@ def train(cfg: CfgNode, resume: bool = False, overwrite: bool = False) -> dict:
             return folder.previous_results()
     if comm.is_main_process():
         save_config(cfg, folder.path / CONFIG_NAME)
+        record.write(folder.path)
 
     if comm.get_world_size() > 1:
         trainer.model = torch.nn.parallel.DistributedDataParallel(
@@ -78,20 +96,37 @@ def train(cfg: CfgNode, resume: bool = False, overwrite: bool = False) -> dict:
     return results
 
 
+def note_sampler_filling(cfg: CfgNode, datasets: dict[str, ReIDDataset]) -> None:
+    """Say how the PK sampler fills batches when DATALOADER.NUM_INSTANCE exceeds the median images per identity:
+    such identities are padded with repeats of their own images (BoT's behaviour)."""
+    if cfg.DATALOADER.SAMPLER != "pk":
+        return
+    k = cfg.DATALOADER.NUM_INSTANCE
+    for name, dataset in datasets.items():
+        counts = sorted(Counter(r.pid for r in dataset.train).values())
+        median = statistics.median(counts)
+        if k > median:
+            fewer = sum(c < k for c in counts)
+            logger.warning(
+                f"DATALOADER.NUM_INSTANCE is {k} but half of the {len(counts)} training identities of {name} have at "
+                f"most {median:g} images ({fewer} have fewer than {k}): the PK sampler fills such an identity's {k} "
+                f"slots by drawing its own images again, so those batches hold repeated images. Use "
+                f"DATALOADER.NUM_INSTANCE {int(median)} or less to avoid repeats.")
+
+
 def _resume(trainer: Trainer, folder: RunFolder) -> None:
     """Restore model, optimisers, schedule, scaler, counters, RNG and every hook's state from ``last.pth``."""
     path = folder.last
     if not path.is_file():
-        logger.info(f"--resume: no checkpoint at {path}, starting from scratch.")
+        logger.info(f"--resume: no checkpoint at {path}, starting from scratch (the killed run's log and metrics "
+                    "were kept under time-stamped names).")
         return
     state = load_checkpoint(path)
     advice = ("Resume with the config the run was started with (OUTPUT_DIR/config.yaml), or use another "
               "OUTPUT_DIR.")
     try:
-        load_state_checked(trainer.model, state["model"], path, trainer.cfg)
+        load_state_checked(trainer.model, state["model"], path, trainer.cfg, advice=advice)
         trainer.load_state_dict(state)
-    except CheckpointError as exc:
-        raise CheckpointError(f"Cannot resume from {path}: it does not match this config. {exc}") from exc
     except (RuntimeError, KeyError, ValueError) as exc:
         raise CheckpointError(f"Cannot resume from {path}: it does not match this config "
                               f"({summarize_exception(exc)}). {advice}") from exc

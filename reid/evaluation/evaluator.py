@@ -5,13 +5,14 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Callable, Mapping, Sequence
 
 import torch
 from torch import nn
 from yacs.config import CfgNode
 
-from reid.data import build_test_loader
+from reid.data import TestData, build_test_loader
+from reid.data.datasets import check_fingerprints, fingerprint_dataset
 from reid.evaluation.rank import RankResult, evaluate_features
 from reid.evaluation.rerank import evaluate_reranked
 
@@ -63,11 +64,11 @@ def extract_features(model: nn.Module, loader, device: torch.device | str, flip:
     return torch.cat(feats), torch.cat(pids), torch.cat(camids), paths
 
 
-def extract_test_features(cfg: CfgNode, model: nn.Module, dataset: str,
+def extract_test_features(cfg: CfgNode, model: nn.Module, dataset: str | TestData,
                           device: torch.device | str) -> ExtractedFeatures:
-    """Query and gallery features of one dataset."""
-    data = build_test_loader(cfg, dataset)
-    f, pids, camids, paths = extract_features(model, data.loader, device, cfg.TEST.FLIP, desc=dataset,
+    """Query and gallery features of one dataset (a name, or its already built test data)."""
+    data = build_test_loader(cfg, dataset) if isinstance(dataset, str) else dataset
+    f, pids, camids, paths = extract_features(model, data.loader, device, cfg.TEST.FLIP, desc=data.dataset.name,
                                               amp=cfg.TEST.AMP)
     return ExtractedFeatures(f, pids, camids, paths, data.num_query)
 
@@ -102,19 +103,29 @@ DatasetCallback = Callable[[str, ExtractedFeatures, dict[str, RankResult], dict]
 
 def evaluate_datasets(cfg: CfgNode, model: nn.Module, device: torch.device | str,
                       names: Sequence[str] | None = None, on_dataset: DatasetCallback | None = None,
-                      title: str = "") -> dict[str, dict]:
+                      title: str = "", recorded: Mapping[str, dict] | None = None,
+                      recorded_in: str = "the run started") -> dict[str, dict]:
     """R1/R5/R10/mAP/mINP (+ CMC, + a ``rerank`` entry with TEST.RERANK) per dataset, logged as a table.
 
-    ``names`` defaults to DATASETS.TEST. ``on_dataset`` sees each dataset's features and results
-    while they are at hand (``tools/test.py`` draws its pictures there); ``title`` heads the logged table.
+    ``names`` defaults to DATASETS.TEST. ``recorded``: query/gallery fingerprints by dataset
+    (:class:`reid.engine.dataset_record.DatasetRecord`); a dataset that changed since stops the evaluation
+    (or warns, with DATASETS.ALLOW_CHANGES). Each row records the query and gallery image counts and the
+    fingerprints of what was evaluated. ``on_dataset`` sees each dataset's features and results while they
+    are at hand (``tools/test.py`` draws its pictures there); ``title`` heads the logged table.
     """
     table: dict[str, dict] = {}
     for name in names or cfg.DATASETS.TEST:
-        extracted = extract_test_features(cfg, model, name, device)
+        data = build_test_loader(cfg, name)
+        if recorded and name in recorded:
+            check_fingerprints(data.dataset, recorded[name], allow_changes=cfg.DATASETS.ALLOW_CHANGES,
+                               recorded_in=recorded_in)
+        extracted = extract_test_features(cfg, model, data, device)
         results = evaluate_extracted(cfg, extracted)
         table[name] = result_row(results["plain"])
         if "rerank" in results:
             table[name]["rerank"] = result_row(results["rerank"])
+        table[name]["images"] = {"query": data.num_query, "gallery": len(data.dataset.gallery)}
+        table[name]["fingerprints"] = fingerprint_dataset(data.dataset, ("query", "gallery"))
         if on_dataset is not None:
             on_dataset(name, extracted, results, table[name])
     logger.info((f"{title}\n" if title else "\n") + format_results_table(table))

@@ -17,7 +17,7 @@ from yacs.config import CfgNode
 
 from reid.data import check_datasets
 from reid.data.query_sets import can_replace_queries, mirror_with_empty_queries, write_image
-from reid.engine.run import setup_run, write_results
+from reid.engine.run import lock_output, setup_run, write_results
 from reid.evaluation.attacks import PGD_ALPHA_FACTOR, AttackRun, plan_runs
 from reid.evaluation.robustness import ATTACK_PROTOCOL, AttackedBatch, evaluate_attacks, format_attack_table
 from reid.modeling import load_model
@@ -99,12 +99,19 @@ def attack(cfg: CfgNode, weights: str | Path, attacks: Sequence[str], eps_list: 
         raise ConfigError(f"--vis takes a number of queries (0 or more), got {vis}.")
     if save_adv is not None:
         Path(save_adv).mkdir(parents=True, exist_ok=True)  # an unwritable folder fails now, not after the attack
-    device = setup_run(cfg, config_name="attack_config.yaml")
-    check_datasets(cfg.DATASETS.TEST, cfg.DATASETS.ROOT)
-    model, cfg = load_model(weights, cfg, device=device)
-    out = Path(cfg.OUTPUT_DIR)
-    table = run_attacks(cfg, model, cfg.DATASETS.TEST, attacks, eps_list, objectives, steps, out, device,
-                        vis=vis, save_adv=save_adv)
+    with lock_output(cfg.OUTPUT_DIR):
+        device = setup_run(cfg, config_name="attack_config.yaml")
+        check_datasets(cfg.DATASETS.TEST, cfg.DATASETS.ROOT)
+        model, cfg = load_model(weights, cfg, device=device)
+        out = Path(cfg.OUTPUT_DIR)
+        table = run_attacks(cfg, model, cfg.DATASETS.TEST, attacks, eps_list, objectives, steps, out, device,
+                            vis=vis, save_adv=save_adv)
+        write_attack_results(cfg, out, weights, steps, table)
+    return table
+
+
+def write_attack_results(cfg: CfgNode, out: Path, weights: str | Path, steps: int, table: dict[str, dict]) -> None:
+    """Log the table and write ``results.json`` with the settings the numbers were computed with."""
     logger.info(f"White-box attacks on the queries of {weights} (eps in 1/255 units):\n" + format_attack_table(table))
     settings = {"protocol": ATTACK_PROTOCOL, "steps": steps, "seed": cfg.TEST.ATTACK.SEED, "metric": cfg.TEST.METRIC,
                 "feat_norm": cfg.TEST.FEAT_NORM, "flip": cfg.TEST.FLIP, "eps_unit": "1/255",
@@ -112,4 +119,3 @@ def attack(cfg: CfgNode, weights: str | Path, attacks: Sequence[str], eps_list: 
                 "step_size": f"fgsm: eps; ifgsm, mifgsm: eps/steps; pgd: {PGD_ALPHA_FACTOR}*eps/steps"}
     document = {"results": results_document(table), "weights": str(weights), "attack": settings}
     logger.info(f"Wrote {write_results(out, document)}")
-    return table

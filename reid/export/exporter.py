@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 from yacs.config import CfgNode
 
+from reid.engine.run import lock_output
 from reid.export import onnx_export, torchscript
 from reid.export.exportable import ExportableReID, load_exportable
 from reid.export.image_files import check_writable_file, find_images
@@ -33,6 +34,7 @@ from reid.export.verify import (
     verify,
 )
 from reid.utils.errors import ReIDError
+from reid.utils.fsio import WriteError, describe_write_error, find_os_error, is_write_failure
 
 FORMATS = ("onnx", "torchscript", "release")
 DYNAMIC_BATCH_SIZES = (1, 4)  # a dynamic batch axis is checked with two sizes
@@ -86,6 +88,12 @@ def export_model(weights: str | Path, output: str | Path, fmt: str, config: str 
     if output.is_dir():
         raise ReIDError(f"Export output {output} is a folder; give a file name such as {output / 'model.onnx'}.")
     check_writable_file(output)  # before the model is loaded and exported, not after
+    with lock_output(output.parent):  # no other command writes into this folder meanwhile
+        return _export(weights, output, fmt, config, opts, batch, half, opset, verify_images)
+
+
+def _export(weights: str | Path, output: Path, fmt: str, config: str | Path | CfgNode | None, opts: Sequence[str],
+            batch: int | None, half: bool, opset: int, verify_images: str | Path | None) -> ExportResult:
     module, cfg = load_exportable(weights, config, opts, "cpu")
     batches = _verification_batches(cfg, batch, verify_images)
     tmp = output.with_name(f".{output.name}.tmp")
@@ -93,8 +101,11 @@ def export_model(weights: str | Path, output: str | Path, fmt: str, config: str 
         run, operators, forbidden = _write(fmt, module, cfg, tmp, batch, half, opset)
         tolerance = FP16_TOLERANCE if half else FP32_TOLERANCE
         report = verify(run, module, batches, tolerance, operators, forbidden)
-    except BaseException:
+    except BaseException as exc:
         tmp.unlink(missing_ok=True)
+        if isinstance(exc, Exception) and not isinstance(exc, ReIDError) and is_write_failure(exc):
+            # A full disk or an unwritable folder: one message naming the file, nothing half-written left.
+            raise WriteError(describe_write_error(exc, output), output, find_os_error(exc)) from None
         raise
     if not report.passed:
         failed = output.with_name(output.name + ".failed")

@@ -43,10 +43,14 @@ class SearchOutcome:
     unreadable: list[tuple[Path, str]] = field(default_factory=list)  # (file, the reader's message)
 
 
+MAX_TOPK = 1000  # matches listed per query: a ranked list longer than this is read by no one
+
+
 def check_search_settings(k: int, metric: str | None) -> None:
-    """A ReIDError for a top-k below 1 or an unknown metric (None: the config's), before any work is done."""
-    if k < 1:
-        raise ReIDError(f"topk must be at least 1, got {k}.")
+    """A ReIDError for a top-k outside 1..MAX_TOPK or an unknown metric (None: the config's), before any work."""
+    if not 1 <= k <= MAX_TOPK:
+        raise ReIDError(f"topk must be between 1 and {MAX_TOPK} (the matches listed per query), got {k}; to rank a "
+                        "whole gallery, extract its features with tools/extract.py and evaluate them in Python.")
     if metric is not None and metric not in METRICS:
         raise ReIDError(f"Unknown metric {metric!r}; use one of {', '.join(METRICS)}.")
 

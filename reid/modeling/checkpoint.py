@@ -45,13 +45,15 @@ class CheckpointSummary(NamedTuple):
 
     epoch: int  # completed epochs (0 for a release file)
     config: dict | None  # the stored config as a plain mapping (None when absent)
+    datasets: dict | None  # fingerprints of the data the run read (None in files of earlier versions)
 
 
 def summarize_checkpoint(weights: str | Path) -> CheckpointSummary:
-    """The completed epochs and the stored config of a training checkpoint or release file."""
+    """The completed epochs, the stored config and the dataset record of a training checkpoint or release file."""
     state = load_checkpoint(weights)
-    config = state.get("config")
-    return CheckpointSummary(int(state.get("epoch", 0)), config if isinstance(config, dict) else None)
+    config, datasets = state.get("config"), state.get("datasets")
+    return CheckpointSummary(int(state.get("epoch", 0)), config if isinstance(config, dict) else None,
+                             datasets if isinstance(datasets, dict) else None)
 
 
 class LoadedModel(NamedTuple):
@@ -98,9 +100,14 @@ def resolve_config(weights: str | Path, config: ConfigSource = None, opts: Seque
     return read_stored_config(weights, opts, state)
 
 
+EVALUATION_ADVICE = ("Use the config the model was trained with (OUTPUT_DIR/config.yaml), or leave --config out to "
+                     "use the one stored in the checkpoint.")
+
+
 def load_state_checked(model: nn.Module, state_dict: Mapping[str, torch.Tensor], weights: str | Path,
-                       cfg: CfgNode, strict: bool = True) -> None:
-    """``model.load_state_dict`` with one CheckpointError naming the file, the backbone and what differs."""
+                       cfg: CfgNode, strict: bool = True, advice: str = EVALUATION_ADVICE) -> None:
+    """``model.load_state_dict`` with one CheckpointError naming the file, the backbone, what differs and
+    ``advice`` (what to do about it, which depends on why the weights are loaded)."""
     try:
         missing, unexpected = model.load_state_dict(state_dict, strict=False)
         problems = [f"{len(names)} {kind} tensors (e.g. {', '.join(names[:3])})"
@@ -110,8 +117,7 @@ def load_state_checked(model: nn.Module, state_dict: Mapping[str, torch.Tensor],
     if problems:
         raise CheckpointError(
             f"The weights in {weights} do not match the config (MODEL.BACKBONE {cfg.MODEL.BACKBONE!r}, "
-            f"MODEL.NECK {cfg.MODEL.NECK!r}): {' and '.join(problems)}. Use the config the model was trained "
-            "with (OUTPUT_DIR/config.yaml), or leave --config out to use the one stored in the checkpoint."
+            f"MODEL.NECK {cfg.MODEL.NECK!r}): {' and '.join(problems)}. {advice}"
         )
 
 

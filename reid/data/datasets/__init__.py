@@ -12,8 +12,11 @@ from reid.data.datasets.base import (
     ImageRecord,
     MarketStyleSource,
     ReIDDataset,
+    SubsetFingerprint,
     build_dataset,
     check_datasets,
+    check_fingerprints,
+    fingerprint_dataset,
 )
 
 for _module in pkgutil.iter_modules(__path__):
@@ -26,6 +29,9 @@ __all__ = [
     "ImageRecord",
     "MarketStyleSource",
     "ReIDDataset",
+    "SubsetFingerprint",
     "build_dataset",
     "check_datasets",
+    "check_fingerprints",
+    "fingerprint_dataset",
 ]

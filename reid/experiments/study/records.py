@@ -17,7 +17,6 @@ versions of the study keyed attack entries by strings such as ``"fgsm/feature/ep
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,6 +24,7 @@ from typing import Any
 from reid.evaluation.attacks import AttackRun
 from reid.evaluation.robustness import ATTACK_PROTOCOL
 from reid.utils.errors import ReIDError
+from reid.utils.fsio import atomic_write_text
 
 RECORD_NAME = "study_record.json"
 METRICS = ("R1", "mAP", "mINP")
@@ -109,6 +109,4 @@ def _legacy_run(key: str) -> dict[str, Any]:
 
 def write_record(path: Path, record: CellRecord) -> None:
     """Write atomically (temporary file + rename): a kill never leaves half a record."""
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(record.to_json(), indent=2))
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(record.to_json(), indent=2))

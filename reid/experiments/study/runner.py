@@ -11,12 +11,14 @@ the tables.
 from __future__ import annotations
 
 import csv
+import io
 import logging
 import time
 from collections.abc import Sequence
 from pathlib import Path
 
 from reid.config import config_to_dict
+from reid.engine.run import lock_output
 from reid.engine.training import train
 from reid.evaluation.evaluator import evaluate_datasets
 from reid.evaluation.robustness import evaluate_attacks
@@ -30,6 +32,7 @@ from reid.experiments.study.statistics import aggregate, long_rows
 from reid.modeling import load_model
 from reid.utils.env import resolve_device
 from reid.utils.errors import ConfigError, ReIDError
+from reid.utils.fsio import atomic_write_text
 
 logger = logging.getLogger("reid.study")
 
@@ -42,13 +45,13 @@ def run_study(spec: StudySpec, extra_opts: Sequence[str] = ()) -> Path:
     if extra_opts:  # load_study checked the file alone; command-line overrides can break any cell as well
         check_arms(spec, f"Study {spec.name!r}", extra_opts)
     cells = plan_cells(spec, extra_opts)
-    Path(spec.output_dir).mkdir(parents=True, exist_ok=True)
-    start = time.perf_counter()
-    for index, cell in enumerate(cells, 1):
-        logger.info(f"[study {spec.name}] cell {index}/{len(cells)}: {cell.arm}, seed {cell.seed} "
-                    f"({(time.perf_counter() - start) / 60:.1f} min elapsed)")
-        _run_cell(cell, requested, spec.steps)
-    return summarize_study(spec, extra_opts)
+    with lock_output(spec.output_dir):  # one study per folder; each cell's training also locks its own folder
+        start = time.perf_counter()
+        for index, cell in enumerate(cells, 1):
+            logger.info(f"[study {spec.name}] cell {index}/{len(cells)}: {cell.arm}, seed {cell.seed} "
+                        f"({(time.perf_counter() - start) / 60:.1f} min elapsed)")
+            _run_cell(cell, requested, spec.steps)
+        return summarize_study(spec, extra_opts)
 
 
 def _run_cell(cell: Cell, requested: dict, steps: int) -> None:
@@ -116,11 +119,12 @@ def summarize_study(spec: StudySpec, extra_opts: Sequence[str] = ()) -> Path:
         raise ConfigError(f"No completed cell in {out}; run the study first.")
     summary = aggregate(rows, spec.baseline)
     for name, table in (("study_long.csv", rows), ("study_summary.csv", summary)):
-        with open(out / name, "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=list(table[0]))
-            writer.writeheader()
-            writer.writerows(table)
-    (out / "study.md").write_text(markdown_table(spec, summary))
+        text = io.StringIO()
+        writer = csv.DictWriter(text, fieldnames=list(table[0]), lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(table)
+        atomic_write_text(out / name, text.getvalue())
+    atomic_write_text(out / "study.md", markdown_table(spec, summary))
     plot_study(spec, summary, out)
     logger.info(f"Study summary written to {out / 'study.md'}")
     return out

@@ -8,6 +8,7 @@ from yacs.config import CfgNode
 from reid.modeling.regularizers import REGULARIZER_REGISTRY
 from reid.utils.errors import ConfigError
 
+
 @REGULARIZER_REGISTRY.register("none")
 def no_regularizer() -> nn.Module:
     """The baseline: nothing at the stage."""
