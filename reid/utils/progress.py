@@ -5,10 +5,10 @@
 seconds, to a stream or a logger, and a last line with the total time when the work is done.
 :class:`TrainingETA` estimates the time left of a training run, its remaining evaluations included.
 
-Both estimate the pace with :class:`Pace`, an exponential moving average of seconds per unit weighted
-by time, so a slow start (workers spawning, cudnn autotuning, caches warming) fades out smoothly
-instead of either dominating a plain average or being forgotten at the next window. Every class takes
-a ``clock`` (seconds, monotonic) so that tests can drive time by hand.
+Both estimate the pace with :class:`Pace`, an exponentially weighted average of seconds per unit (recent
+time over recent units, both decaying with age), so a slow start (workers spawning, cudnn autotuning,
+caches warming) fades out smoothly instead of either dominating a plain average or being forgotten at
+the next window. Every class takes a ``clock`` (seconds, monotonic) so that tests can drive time by hand.
 """
 
 from __future__ import annotations
@@ -43,33 +43,39 @@ def format_duration(seconds: float | None) -> str:
 
 
 class Pace:
-    """Seconds per unit as a moving average over time.
+    """Seconds per unit over the recent past: time and units both decay with age, and their ratio is the pace.
 
-    Each window (``units`` done in ``seconds``) pulls the estimate towards its own pace with weight
-    ``1 - exp(-seconds / time_constant)``: the weight depends on how long the window lasted, not on how
-    often progress is reported, so reporting every item or every hundred gives the same estimate.
+    A window (``units`` done in ``seconds``) first multiplies the accumulated time and units by
+    ``exp(-seconds / time_constant)``, then adds its own. Early on (less than a time constant of work) the
+    pace is the plain average, total time over total units, so no single window decides it; later it
+    follows the last time constant or so, so a pace that really changes is followed, smoothly. The
+    estimate hardly depends on how often progress is reported (exactly, for a steady pace).
     """
 
     def __init__(self, time_constant: float = DEFAULT_TIME_CONSTANT) -> None:
         if not time_constant > 0:
             raise ValueError(f"time_constant must be positive, got {time_constant!r}")
         self.time_constant = float(time_constant)
-        self.seconds_per_unit: float | None = None
+        self._time = 0.0
+        self._units = 0.0
 
     def add(self, units: float, seconds: float) -> None:
-        """Account ``units`` of work done in ``seconds``; windows without any unit are ignored."""
-        if units <= 0 or seconds < 0:
+        """Account ``units`` of work done in ``seconds``."""
+        if seconds < 0 or units < 0 or (units == 0 and seconds == 0):
             return
-        pace = seconds / units
-        if self.seconds_per_unit is None:
-            self.seconds_per_unit = pace
-        else:
-            weight = 1.0 - math.exp(-seconds / self.time_constant)
-            self.seconds_per_unit += weight * (pace - self.seconds_per_unit)
+        decay = math.exp(-seconds / self.time_constant)
+        self._time = self._time * decay + seconds
+        self._units = self._units * decay + units
+
+    @property
+    def seconds_per_unit(self) -> float | None:
+        """The pace (``None`` before any unit)."""
+        return self._time / self._units if self._units > 0 else None
 
     def seconds_for(self, units: float) -> float | None:
-        """Estimated seconds for ``units`` more units (``None`` before the first window)."""
-        return None if self.seconds_per_unit is None else max(units, 0) * self.seconds_per_unit
+        """Estimated seconds for ``units`` more units (``None`` before any unit)."""
+        spu = self.seconds_per_unit
+        return None if spu is None else max(units, 0) * spu
 
 
 class Progress:
@@ -213,10 +219,11 @@ def evaluation_epochs(max_epochs: int, period: int) -> list[int]:
 class TrainingETA:
     """Time left of a training run: remaining iterations at the smoothed pace plus remaining evaluations.
 
-    Call :meth:`step` after iterations (every one or every few: the estimate is the same), and wrap each
-    evaluation in :meth:`evaluating` (or call :meth:`evaluation_started` / :meth:`evaluation_finished`):
-    its time is measured separately and left out of the iteration pace. The time before the first
-    :meth:`step` (model building, the first batch's workers starting) is not counted either.
+    Call :meth:`step` after every iteration (or every few), and wrap each evaluation in :meth:`evaluating`
+    (or call :meth:`evaluation_started` / :meth:`evaluation_finished`): its time is measured separately and
+    left out of the iteration pace. The first ``warmup_iters`` iterations after the start or a resume are
+    not counted either (cudnn autotuning, the loader workers' first batches, the allocator growing: they
+    made the old ETA start far too high and then drop); until the pace is known the ETA is unknown ("?").
 
     Args:
         total_iters: iterations of the whole run.
@@ -225,11 +232,13 @@ class TrainingETA:
         start_iter: iteration the run (re)starts at; evaluations of finished epochs are not counted.
         evaluation_guess: seconds one evaluation is expected to take before one has been timed
             (``None``: unknown, then :meth:`describe` says how many are not included).
+        warmup_iters: iterations after ``start_iter`` left out of the pace.
+        time_constant: seconds over which the pace is averaged (see :class:`Pace`).
     """
 
     def __init__(self, total_iters: int, iters_per_epoch: int, eval_epochs: Iterable[int] = (), *,
-                 start_iter: int = 0, evaluation_guess: float | None = None,
-                 time_constant: float = 60.0, clock: Clock = time.monotonic) -> None:
+                 start_iter: int = 0, evaluation_guess: float | None = None, warmup_iters: int = 5,
+                 time_constant: float = 120.0, clock: Clock = time.monotonic) -> None:
         if iters_per_epoch < 1:
             raise ValueError(f"iters_per_epoch must be at least 1, got {iters_per_epoch}")
         self.total_iters, self.iters_per_epoch = total_iters, iters_per_epoch
@@ -240,17 +249,20 @@ class TrainingETA:
         self.eval_seconds: list[float] = []
         self.evaluation_guess = evaluation_guess
         self.iteration = start_iter
-        self._mark: tuple[float, int] | None = None  # (time, iteration) of the last step
+        self.counted_from = start_iter + max(warmup_iters, 0)  # the pace starts with the first step at or past this
+        self._mark: tuple[float, int] | None = None  # (time, iteration) of the last counted step
         self._eval_start: float | None = None
 
     def step(self, iteration: int) -> None:
         """``iteration`` iterations are done (a global count, as the trainer's ``iter``)."""
         now = self.clock()
+        self.iteration = iteration
+        if iteration < self.counted_from:
+            return
         if self._mark is not None and self._eval_start is None:
             last_time, last_iter = self._mark
             self.iter_pace.add(iteration - last_iter, now - last_time)
         self._mark = (now, iteration)
-        self.iteration = iteration
 
     def evaluation_started(self) -> None:
         self._eval_start = self.clock()
@@ -287,9 +299,10 @@ class TrainingETA:
 
     def describe(self) -> str:
         """``H:MM:SS``, followed by how many evaluations it leaves out while none has been timed."""
-        text = format_duration(self.eta_seconds())
+        seconds = self.eta_seconds()
+        text = format_duration(seconds)
         count = len(self.pending_evals)
-        if count and self.evaluation_seconds is None:
+        if count and seconds is not None and self.evaluation_seconds is None:
             text += f" + {count} evaluation{'s' if count > 1 else ''}"
         return text
 
