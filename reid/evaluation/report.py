@@ -32,6 +32,7 @@ import io
 import json
 import logging
 import math
+from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -43,7 +44,7 @@ import torch
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from reid.evaluation import FeatureDistances, RankResult, evaluate_features
+from reid.evaluation import FeatureDistances, RankResult, evaluate_rank
 from reid.evaluation.visualize import (
     MATCH_COLOR,
     MISMATCH_COLOR,
@@ -69,8 +70,10 @@ VARIANT_NAMES = {"plain": "", "rerank": "re-ranked"}
 #: Kinds of tile in a ranked list.
 STATUSES = ("query", "match", "mismatch", "ignored")
 
-# Gallery rows of distances computed at once for the histograms (a bound on their working memory).
-_HISTOGRAM_BLOCK_ENTRIES = 4 * 2**20
+# Query x gallery distances computed at once (about 10 bytes of working memory each).
+_BLOCK_ENTRIES = 4 * 2**20
+# Histogram bins over the whole possible range of distances, merged into the requested number at the end.
+_FINE_BINS = 4096
 
 
 # ---------------------------------------------------------------------------------------- data
@@ -110,8 +113,7 @@ class DistanceHistogram:
     edges: list[float]
     true_match: list[int]
     false_match: list[int]
-    queries: int  # queries whose distances are counted
-    of_queries: int  # all queries of the dataset
+    queries: int  # queries whose distances are counted (all of them)
 
 
 @dataclass
@@ -209,22 +211,23 @@ def _dataset_from_dict(d: Mapping) -> DatasetReport:
 def build_dataset_report(name: str, qf, gf, q_pids, g_pids, q_camids, g_camids, q_paths: Sequence[str],
                          g_paths: Sequence[str], results: Mapping[str, RankResult], *, metric: str = "cosine",
                          normalize: bool = False, num_queries: int = 8, topk: int = 10,
-                         camera_pairs: bool = True, histogram_bins: int = 60,
-                         histogram_queries: int = 2000) -> DatasetReport:
-    """Summarise one dataset's evaluation for the report.
+                         camera_pairs: bool = True, histogram_bins: int = 60) -> DatasetReport:
+    """Summarise one dataset's evaluation for the report, in one pass over blocks of query rows.
 
     Args:
-        qf, gf, q_pids, g_pids, q_camids, g_camids: what the evaluator ranked (numpy or torch; features stay
-            on their device); camera ids 0-based.
+        qf, gf, q_pids, g_pids, q_camids, g_camids: what the evaluator ranked (numpy or torch; the work runs
+            on the features' device); camera ids 0-based.
         q_paths, g_paths: the image files, in the same order.
         results: the evaluator's results, ``{"plain": RankResult}`` plus ``"rerank"`` when computed; the
-            worst and best queries are chosen by the plain AP.
-        metric, normalize: TEST.METRIC and TEST.FEAT_NORM, so the distances are the evaluator's own.
+            worst and best queries are chosen by the plain AP, and the "all cameras" column uses it.
+        metric, normalize: TEST.METRIC and TEST.FEAT_NORM, so the distances are the evaluator's own
+            (:class:`~reid.evaluation.FeatureDistances`, the same numbers bit for bit).
         num_queries: how many worst and how many best queries to list; topk: results shown per query.
-        camera_pairs: compute R1/mAP per (query camera, gallery camera) pair (costs about two more
-            evaluations' worth of distances).
-        histogram_queries: the distance histograms use at most this many queries (evenly spaced) against
-            the whole gallery; bins: their number of bins.
+        camera_pairs: compute R1/mAP per (query camera, gallery camera) pair.
+        histogram_bins: at most this many bins for the distance histograms (0: none).
+
+    Cost: the distances of every query to the gallery once more (in blocks of bounded memory) plus, with
+    ``camera_pairs``, ranking each block's columns of each gallery camera: about one more evaluation.
     """
     if "plain" not in results:
         raise ReIDError(f"The report of {name} needs the plain evaluation result (results['plain']).")
@@ -238,23 +241,50 @@ def build_dataset_report(name: str, qf, gf, q_pids, g_pids, q_camids, g_camids, 
         raise ReIDError(f"The report of {name}: the features are {num_q} queries x {num_g} gallery images but the "
                         f"paths and ids have {sorted(sizes)} and {sorted(g_sizes)} entries; they must come from the "
                         "same query/gallery split.")
-    rows = {key: _result_row(result) for key, result in results.items()}
-    report = DatasetReport(name=name, num_query=num_q, num_gallery=num_g, metric=metric, results=rows,
+    labels = _Labels(q_pids_np, g_pids_np, q_cams_np, g_cams_np, list(map(str, q_paths)), list(map(str, g_paths)))
+    report = DatasetReport(name=name, num_query=num_q, num_gallery=num_g, metric=metric,
+                           results={key: _result_row(result) for key, result in results.items()},
                            query_cameras=sorted(set(q_cams_np.tolist())),
                            gallery_cameras=sorted(set(g_cams_np.tolist())))
-    labels = _Labels(q_pids_np, g_pids_np, q_cams_np, g_cams_np, list(map(str, q_paths)), list(map(str, g_paths)))
     plain = results["plain"]
     order = np.argsort(np.asarray(plain.AP), kind="stable")
     count = min(num_queries, len(order))
-    for chosen, into in ((order[:count], report.worst), (order[::-1][:count], report.best)):
-        for position in chosen:
-            query = int(plain.query_indices[position])
-            row = distances.rows([query])[0].cpu().numpy()
-            into.append(_query_list(query, float(plain.AP[position]), row, labels, topk))
-    if camera_pairs:
-        report.camera_cells = _camera_cells(qf, gf, labels, metric, normalize)
-    if histogram_queries > 0 and histogram_bins > 0:
-        report.histogram = _histogram(distances, labels, histogram_bins, histogram_queries)
+    worst, best = order[:count], order[::-1][:count]
+    listed = {int(plain.query_indices[p]): float(plain.AP[p]) for p in (*worst, *best)}
+
+    device = distances.device
+    ids = {key: torch.from_numpy(value).to(device) for key, value in
+           (("q_pids", q_pids_np), ("g_pids", g_pids_np), ("q_cams", q_cams_np), ("g_cams", g_cams_np))}
+    unit_features = metric == "cosine" or normalize
+    histogram = _HistogramCounts(qf, gf, unit_features, histogram_bins, device) if histogram_bins > 0 else None
+    cells = _CameraCells(labels, device) if camera_pairs else None
+    rank1_hit = np.zeros(num_q, dtype=bool)
+    lists: dict[int, QueryList] = {}
+    rows_per_block = max(1, _BLOCK_ENTRIES // max(num_g, 1))
+    # Blocks hold the queries of one camera (so each is ranked once per gallery camera), the queries in order.
+    by_camera = np.argsort(q_cams_np, kind="stable")
+    for block in _camera_blocks(q_cams_np[by_camera], rows_per_block):
+        queries = by_camera[block]
+        rows = torch.from_numpy(queries).to(device)
+        dist = distances.rows(rows)
+        same = ids["q_pids"][rows, None] == ids["g_pids"][None, :]
+        ignored = same & (ids["q_cams"][rows, None] == ids["g_cams"][None, :])
+        if histogram is not None:
+            histogram.add(dist, same, ignored)
+        if cells is not None:
+            # Rank 1 under the protocol: the nearest image that is not ignored (ties: the lower gallery index).
+            nearest = dist.masked_fill(ignored, math.inf).argmin(dim=1)
+            rank1_hit[queries] = (ids["g_pids"][nearest] == ids["q_pids"][rows]).cpu().numpy()
+            cells.add_block(queries, dist)
+        for position, query in enumerate(queries.tolist()):
+            if query in listed:
+                lists[query] = _query_list(query, listed[query], dist[position].cpu().numpy(), labels, topk)
+    report.worst = [lists[int(plain.query_indices[p])] for p in worst]
+    report.best = [lists[int(plain.query_indices[p])] for p in best]
+    if cells is not None:
+        report.camera_cells = cells.result(plain, rank1_hit)
+    if histogram is not None:
+        report.histogram = histogram.result(num_q)
     return report
 
 
@@ -295,60 +325,96 @@ def _query_list(query: int, ap: float, row: np.ndarray, labels: _Labels, topk: i
     return QueryList(Tile(labels.q_paths[query], q_pid, q_cam, "query"), ap, shown, first_match)
 
 
-def _camera_cells(qf, gf, labels: _Labels, metric: str, normalize: bool) -> list[CameraCell]:
-    """R1/mAP of each (query camera, gallery camera) pair with a true match, and of each query camera against
-    the whole gallery. Each query is ranked once per gallery camera: the cells together cost one evaluation."""
-    query, gallery = _as_tensor(qf), _as_tensor(gf)
-    cells = []
-    for q_cam in sorted(set(labels.q_cams.tolist())):
-        q_mask = labels.q_cams == q_cam
-        q_pids = labels.q_pids[q_mask]
-        for g_cam in [*sorted(set(labels.g_cams.tolist()) - {q_cam}), None]:
-            g_mask = np.ones_like(labels.g_cams, dtype=bool) if g_cam is None else labels.g_cams == g_cam
-            # A true match: same identity, other camera than the query's (within the chosen gallery images).
-            matchable = set(labels.g_pids[g_mask & (labels.g_cams != q_cam)].tolist())
-            if not any(pid in matchable for pid in q_pids.tolist()):
-                continue
-            result = evaluate_features(query[_index(q_mask, query)], gallery[_index(g_mask, gallery)], q_pids,
-                                       labels.g_pids[g_mask], labels.q_cams[q_mask], labels.g_cams[g_mask],
-                                       metric=metric, normalize=normalize, max_rank=1)
-            cells.append(CameraCell(int(q_cam), None if g_cam is None else int(g_cam), float(result.cmc[0]),
-                                    float(result.mAP), int(result.num_valid_queries)))
-    return cells
+def _camera_blocks(sorted_cams: np.ndarray, rows_per_block: int) -> list[slice]:
+    """Slices of at most ``rows_per_block`` consecutive entries of ``sorted_cams`` that share one camera."""
+    blocks = []
+    for cam in np.unique(sorted_cams):
+        first, last = np.searchsorted(sorted_cams, cam), np.searchsorted(sorted_cams, cam, side="right")
+        blocks += [slice(start, min(start + rows_per_block, last)) for start in range(first, last, rows_per_block)]
+    return blocks
 
 
-def _histogram(distances: FeatureDistances, labels: _Labels, bins: int, max_queries: int) -> DistanceHistogram:
-    """Counts of true-match and false-match distances (protocol-ignored pairs left out), in two passes over
-    blocks of query rows: the range, then the counts."""
-    num_q, num_g = distances.shape
-    chosen = np.unique(np.linspace(0, num_q - 1, min(max_queries, num_q)).round().astype(np.int64))
-    block = max(1, _HISTOGRAM_BLOCK_ENTRIES // max(num_g, 1))
+class _CameraCells:
+    """R1/mAP per (query camera, gallery camera): each block's rows of a query camera are ranked against the
+    block's columns of each other gallery camera with the evaluator's :func:`~reid.evaluation.evaluate_rank`
+    (no image there is ignored by the protocol: the cameras differ), and the sums are kept per cell."""
 
-    def blocks():
-        for start in range(0, len(chosen), block):
-            rows = chosen[start:start + block]
-            dist = distances.rows(rows).cpu().numpy().astype(np.float64)
-            same = labels.q_pids[rows, None] == labels.g_pids[None, :]
-            ignored = same & (labels.q_cams[rows, None] == labels.g_cams[None, :])
-            yield dist, same & ~ignored, ~same
+    def __init__(self, labels: _Labels, device: torch.device) -> None:
+        self.labels = labels
+        # The gallery grouped by camera (stable), so a camera's columns are one slice of a permuted block.
+        self.gallery_order = np.argsort(labels.g_cams, kind="stable")
+        self.gallery_order_t = torch.from_numpy(self.gallery_order).to(device)
+        cams = labels.g_cams[self.gallery_order]
+        self.spans = {int(c): (int(np.searchsorted(cams, c)), int(np.searchsorted(cams, c, side="right")))
+                      for c in np.unique(cams)}
+        self.pids_of = {c: np.unique(labels.g_pids[self.gallery_order[a:b]]) for c, (a, b) in self.spans.items()}
+        self.device = device
+        self.sums: dict[tuple[int, int], list[float]] = defaultdict(lambda: [0.0, 0.0, 0])  # hits, AP sum, count
 
-    low, high = math.inf, -math.inf
-    for dist, true, false in blocks():
-        kept = dist[true | false]
-        if kept.size:
-            low, high = min(low, float(kept.min())), max(high, float(kept.max()))
-    if not math.isfinite(low):
-        low, high = 0.0, 1.0
-    if high <= low:
-        high = low + 1.0
-    edges = np.linspace(low, high, bins + 1)
-    true_counts = np.zeros(bins, np.int64)
-    false_counts = np.zeros(bins, np.int64)
-    for dist, true, false in blocks():
-        true_counts += np.histogram(dist[true], edges)[0]
-        false_counts += np.histogram(dist[false], edges)[0]
-    return DistanceHistogram([float(e) for e in edges], true_counts.tolist(), false_counts.tolist(),
-                             int(len(chosen)), int(num_q))
+    def add_block(self, queries: np.ndarray, dist: torch.Tensor) -> None:
+        """Rank ``queries`` (all of one camera) against each other camera's gallery images."""
+        q_pids, q_cams = self.labels.q_pids[queries], self.labels.q_cams[queries]
+        q_cam = int(q_cams[0])
+        grouped = dist[:, self.gallery_order_t]  # one copy per block; a camera's columns are then one slice
+        g_pids, g_cams = self.labels.g_pids[self.gallery_order], self.labels.g_cams[self.gallery_order]
+        for g_cam, (c0, c1) in self.spans.items():
+            if g_cam == q_cam or not np.isin(q_pids, self.pids_of[g_cam]).any():
+                continue  # the diagonal, or no query here has a match in that camera
+            result = evaluate_rank(grouped[:, c0:c1], q_pids, g_pids[c0:c1], q_cams, g_cams[c0:c1], max_rank=1)
+            cell = self.sums[(q_cam, g_cam)]
+            cell[0] += round(float(result.cmc[0]) * result.num_valid_queries)
+            cell[1] += float(np.sum(result.AP))
+            cell[2] += result.num_valid_queries
+
+    def result(self, plain: RankResult, rank1_hit: np.ndarray) -> list[CameraCell]:
+        cells = [CameraCell(q_cam, g_cam, hits / count, ap_sum / count, int(count))
+                 for (q_cam, g_cam), (hits, ap_sum, count) in sorted(self.sums.items())]
+        # The whole gallery: the plain evaluation restricted to each camera's queries.
+        valid = np.asarray(plain.query_indices, dtype=np.int64)
+        ap = np.asarray(plain.AP, dtype=float)
+        for q_cam in sorted(set(self.labels.q_cams.tolist())):
+            mine = self.labels.q_cams[valid] == q_cam
+            if mine.any():
+                cells.append(CameraCell(int(q_cam), None, float(rank1_hit[valid[mine]].mean()),
+                                        float(ap[mine].mean()), int(mine.sum())))
+        return cells
+
+
+class _HistogramCounts:
+    """Counts of true-match and false-match distances, accumulated block by block on the device.
+
+    The range is known before any distance: [0, 2] for unit features (cosine, or normalised euclidean),
+    [0, max |q| + max |g|] otherwise. Distances are counted in :data:`_FINE_BINS` bins over it; the result keeps
+    the occupied span, merged into at most ``bins`` bins, so every pair is counted exactly once.
+    """
+
+    def __init__(self, qf, gf, unit_features: bool, bins: int, device: torch.device) -> None:
+        high = 2.0 if unit_features else _max_norm(qf) + _max_norm(gf)  # the triangle inequality
+        self.low, self.high = 0.0, max(high, 1e-6) * (1 + 1e-4)  # float32 rounding stays inside
+        self.bins = bins
+        self.scale = _FINE_BINS / (self.high - self.low)
+        self.true = torch.zeros(_FINE_BINS, dtype=torch.int64, device=device)
+        self.false = torch.zeros(_FINE_BINS, dtype=torch.int64, device=device)
+
+    def add(self, dist: torch.Tensor, same: torch.Tensor, ignored: torch.Tensor) -> None:
+        """Count a block: ``same`` identity as the query (true matches unless ``ignored``), else false matches."""
+        index = ((dist - self.low) * self.scale).floor_().clamp_(0, _FINE_BINS - 1).long()
+        # One bincount over (kind, bin): kind 0 false match, 1 true match, 2 ignored (dropped).
+        index += _FINE_BINS * (same.long() + ignored.long())
+        counts = torch.bincount(index.reshape(-1), minlength=3 * _FINE_BINS)
+        self.false += counts[:_FINE_BINS]
+        self.true += counts[_FINE_BINS:2 * _FINE_BINS]
+
+    def result(self, num_queries: int) -> DistanceHistogram:
+        true, false = self.true.cpu().numpy(), self.false.cpu().numpy()
+        occupied = np.flatnonzero(true + false)
+        first, last = (int(occupied[0]), int(occupied[-1])) if len(occupied) else (0, _FINE_BINS - 1)
+        group = max(1, math.ceil((last - first + 1) / self.bins))
+        starts = np.arange(first, last + 1, group)
+        width = 1.0 / self.scale
+        edges = [self.low + width * int(i) for i in (*starts, min(starts[-1] + group, _FINE_BINS))]
+        return DistanceHistogram(edges, np.add.reduceat(true, starts).tolist()[:len(starts)],
+                                 np.add.reduceat(false, starts).tolist()[:len(starts)], num_queries)
 
 
 # ------------------------------------------------------------------------------------- writing
@@ -576,10 +642,8 @@ def _histogram_html(d: DatasetReport, label: str, images: _ImageCache) -> str:
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=9)
     fig.tight_layout()
-    sampled = (f" Distances of {h.queries} of the {h.of_queries} queries (evenly spaced) to the whole gallery."
-               if h.queries < h.of_queries else "")
     note = ('<p class="note">Each curve is normalised to its own total. Same identity and same camera as the '
-            f"query: left out, as in the evaluation.{sampled}</p>")
+            "query: left out, as in the evaluation.</p>")
     return _img(images.figure(fig), f"distance histogram of {label} on {d.name}", "plot") + note
 
 
@@ -668,9 +732,11 @@ def _to_numpy(x) -> np.ndarray:
     return x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
 
 
-def _as_tensor(x) -> torch.Tensor:
-    return x.detach() if isinstance(x, torch.Tensor) else torch.as_tensor(np.asarray(x))
-
-
-def _index(mask: np.ndarray, like: torch.Tensor) -> torch.Tensor:
-    return torch.from_numpy(np.flatnonzero(mask)).to(like.device)
+def _max_norm(features, chunk_rows: int = 4096) -> float:
+    """The largest L2 norm of the rows of ``features`` (numpy or torch), in float64, a chunk at a time."""
+    largest = 0.0
+    for start in range(0, len(features), chunk_rows):
+        chunk = features[start:start + chunk_rows]
+        chunk = chunk.detach() if isinstance(chunk, torch.Tensor) else torch.as_tensor(np.asarray(chunk))
+        largest = max(largest, float(torch.linalg.vector_norm(chunk.double(), dim=1).max()))
+    return largest
