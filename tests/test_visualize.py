@@ -318,6 +318,19 @@ def test_attack_triptych_is_upscaled_labelled_and_colour_maps_the_difference(tmp
     assert np.abs(bar[:, 0] - bottom).max() <= 2 and np.abs(bar[:, -1] - top).max() <= 2
 
 
+def test_ap_of_a_query(problem):
+    result = evaluate_rank_of(problem)
+    assert vis.ap_of(result, 0) == pytest.approx(1.0) and vis.ap_of(result, 1) == pytest.approx(0.5)
+    assert vis.ap_of(result, 3) is None  # no true match: not in the result
+
+
+def evaluate_rank_of(problem):
+    from reid.evaluation import evaluate_rank
+
+    _, _, q_pids, g_pids, q_cams, g_cams = problem
+    return evaluate_rank(_distmat(), q_pids, g_pids, q_cams, g_cams)
+
+
 def test_attack_triptych_scale_and_errors(tmp_path):
     clean = torch.full((3, 8, 4), 0.5)
     adversarial = clean + 0.01

@@ -563,6 +563,13 @@ def format_eps(eps: float) -> str:
     return f"{round(levels)}/255" if abs(levels - round(levels)) < 1e-6 else f"{eps:.4g}"
 
 
+def ap_of(result: RankResult, query: int) -> float | None:
+    """The AP of query ``query`` (its index in the query set) in ``result``; ``None`` when it has no true
+    match (the evaluator leaves it out). For the triptych's ``ap_before`` / ``ap_after``."""
+    found = np.flatnonzero(np.asarray(result.query_indices) == query)
+    return float(result.AP[found[0]]) if len(found) else None
+
+
 def draw_attack_triptych(clean, adversarial, eps: float, path: str | Path, *, attack: str, objective: str,
                          ap_before: float | None, ap_after: float | None, scale: float | None = None,
                          height: int = TRIPTYCH_HEIGHT) -> Path:
