@@ -1,4 +1,5 @@
-"""CMC plots, ranked-list pictures (selection by AP, protocol, frame colours) and tools/plot_cmc.py."""
+"""CMC plots, ranked-list pictures (selection by AP, protocol, frame colours, captions, legend), attack triptychs
+and tools/plot_cmc.py."""
 
 import json
 import subprocess
@@ -229,3 +230,120 @@ def test_features_variant_ranks_and_scores_as_the_evaluator(problem, tmp_path):
                                                 metric="euclidean")
     expected = result.query_indices[np.argsort(result.AP, kind="stable")]
     assert [p.name for p in files] == [f"q{n:03d}_q{qi}.jpg" for n, qi in enumerate(expected, start=1)]
+
+
+# ---------------------------------------------------------------------------- captions and legends
+def _is_background(region: np.ndarray, tolerance: int = 40) -> bool:
+    return bool((np.abs(region.astype(int) - 255) <= tolerance).all())  # JPEG ringing stays near white
+
+
+def test_ranked_list_captions_stay_in_their_columns_and_legend_is_drawn(problem, tmp_path):
+    (path,) = vis.save_ranked_lists(_distmat(), *problem, tmp_path, num_queries=1, mode="worst", topk=5)
+    image = cv2.imread(str(path))
+    layout = vis.ranked_layout(5)
+    assert image.shape[:2] == vis.canvas_size(5) and image.shape[0] > layout.height
+    captions_top, captions_bottom = vis.MARGIN + vis.CELL_HEIGHT + 2, layout.height
+    for position in range(6):
+        x0, x1 = layout.column_span(position)
+        assert not _is_background(image[captions_top:captions_bottom, x0:x1])  # its captions are drawn
+        if position < 5:  # nothing between two columns: no caption runs into its neighbour
+            gap_end = layout.column_span(position + 1)[0]
+            assert _is_background(image[:captions_bottom, x1:gap_end])
+    legend = image[layout.height:].reshape(-1, 3).astype(int)
+    for color in (vis.QUERY_COLOR, vis.MATCH_COLOR, vis.MISMATCH_COLOR):
+        assert (np.abs(legend - np.array(color)).max(axis=1) <= 30).sum() > 20, color
+
+
+def test_ranked_captions_use_file_name_cameras_and_labelled_distances():
+    captions = vis.ranked_captions(0.25, 7, 0, [(0.1234, 7, 5), (0.5, 3, 1)])
+    assert captions == [["AP 25.0%", "id 7 c1"], ["#1 d=0.123", "id 7 c6"], ["#2 d=0.500", "id 3 c2"]]
+    assert vis.camera_label(0) == "c1" and vis.camera_label(-1) == "c?"
+
+
+def test_long_captions_shrink_then_lose_their_middle():
+    name = "0002_c1s1_000451_03.jpg"
+    assert vis.fit_text(name, 200) == (name, vis.CAPTION_SCALE)  # fits: full name, normal size
+    text, scale = vis.fit_text(name, 130)
+    assert text == name and vis.MIN_CAPTION_SCALE <= scale < vis.CAPTION_SCALE and vis.text_width(text, scale) <= 130
+    long_name = "holiday_" * 12 + "17.jpg"
+    text, scale = vis.fit_text(long_name, 120)
+    assert "..." in text and text.startswith("holiday") and text.endswith("17.jpg")
+    assert vis.text_width(text, scale) <= 120
+
+
+def test_cmc_legend_names_the_curve_not_the_method(tmp_path, monkeypatch):
+    from matplotlib.axes import Axes
+
+    labels = []
+    original = Axes.plot
+
+    def plot(self, *args, **kwargs):
+        labels.append(kwargs.get("label"))
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(Axes, "plot", plot)
+    vis.plot_cmc({"market1501": [0.928, 0.95], "market1501 re-ranked": [0.94, 0.96]}, tmp_path / "cmc.png")
+    assert labels == ["market1501: R1 92.8%", "market1501 re-ranked: R1 94.0%"]
+
+
+# --------------------------------------------------------------------------------- attack triptychs
+def test_attack_triptych_is_upscaled_labelled_and_colour_maps_the_difference(tmp_path):
+    gen = torch.Generator().manual_seed(0)
+    clean = 0.2 + 0.6 * torch.rand(3, 64, 32, generator=gen)  # away from 0 and 1: nothing is clipped
+    eps = 8 / 255
+    sign = torch.where(torch.rand(3, 64, 32, generator=gen) < 0.5, -1.0, 1.0)
+    adversarial = clean + eps * sign
+    adversarial[:, :16, :] = clean[:, :16, :]  # the top quarter untouched
+    path = vis.draw_attack_triptych(clean, adversarial, eps, tmp_path / "t.png", attack="pgd", objective="push_away",
+                                    ap_before=0.9, ap_after=0.1)
+    image = cv2.imread(str(path))
+    layout = vis.TriptychLayout(64, 32)
+    assert layout.factor == 4 and layout.panel_height == 256 and image.shape[:2] == (layout.height, layout.width)
+    # The clean panel is the image upscaled with nearest neighbour (each pixel a 4x4 block).
+    x, y = layout.panel_origin(0)
+    expected = np.repeat(np.repeat(vis._to_bgr8(clean.permute(1, 2, 0).numpy()), 4, axis=0), 4, axis=1)
+    assert np.array_equal(image[y:y + 256, x:x + 128], expected)
+    # The difference: eps is the top of the colour map (not white), no change is its bottom.
+    top = vis.colorize_difference(np.ones((1, 1)))[0, 0]
+    bottom = vis.colorize_difference(np.zeros((1, 1)))[0, 0]
+    x, y = layout.panel_origin(2)
+    moved, still = image[y + 64:y + 256, x:x + 128], image[y:y + 64, x:x + 128]
+    assert (np.abs(moved.astype(int) - top).max(axis=2) <= 2).mean() > 0.99
+    assert (np.abs(still.astype(int) - bottom).max(axis=2) <= 2).all()
+    assert not (moved > 240).all()  # not a white panel
+    # Labels and title are drawn (dark pixels above the panels), and the colour bar under the difference.
+    assert (image[:layout.panels_top] < 100).any()
+    bar = image[layout.colorbar_top:layout.colorbar_top + 5, x:x + 128].astype(int)
+    assert np.abs(bar[:, 0] - bottom).max() <= 2 and np.abs(bar[:, -1] - top).max() <= 2
+
+
+def test_ap_of_a_query(problem):
+    result = evaluate_rank_of(problem)
+    assert vis.ap_of(result, 0) == pytest.approx(1.0) and vis.ap_of(result, 1) == pytest.approx(0.5)
+    assert vis.ap_of(result, 3) is None  # no true match: not in the result
+
+
+def evaluate_rank_of(problem):
+    from reid.evaluation import evaluate_rank
+
+    _, _, q_pids, g_pids, q_cams, g_cams = problem
+    return evaluate_rank(_distmat(), q_pids, g_pids, q_cams, g_cams)
+
+
+def test_attack_triptych_scale_and_errors(tmp_path):
+    clean = torch.full((3, 8, 4), 0.5)
+    adversarial = clean + 0.01
+    half = vis.difference_map(clean, adversarial, eps=0.04)
+    assert np.allclose(half, 0.25, atol=1e-5)
+    assert np.allclose(vis.difference_map(clean, adversarial, eps=0.04, scale=50), 0.5, atol=1e-5)
+    assert vis.format_eps(8 / 255) == "8/255" and vis.format_eps(0.01) == "0.01"
+    image = cv2.imread(str(vis.draw_attack_triptych(clean, adversarial, 0.04, tmp_path / "small.png", attack="fgsm",
+                                                    objective="x", ap_before=None, ap_after=0.5)))
+    assert image.shape[0] >= 256 and image.shape[1] >= 440  # readable even for a tiny image
+    with pytest.raises(ReIDError, match="differ in size"):
+        vis.draw_attack_triptych(clean, clean[:, :4], 0.04, tmp_path / "x.png", attack="a", objective="o",
+                                 ap_before=0.5, ap_after=0.5)
+    with pytest.raises(ReIDError, match="eps > 0"):
+        vis.difference_map(clean, adversarial, eps=0)
+    with pytest.raises(ReIDError, match=r"\(3, H, W\)"):
+        vis.difference_map(clean.permute(1, 2, 0), adversarial.permute(1, 2, 0), eps=0.04)

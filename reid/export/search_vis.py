@@ -1,10 +1,12 @@
-"""Drawing search results: one strip per query (the query, then its top-k with distances), stacked.
+"""Drawing search results: one strip per query (the query, then its top-k with distances), stacked, with a legend.
 
-The cells are drawn by the evaluator's ranked-list code (:mod:`reid.evaluation.visualize`): same layout
-and colours, and an image that cannot be read (deleted or replaced since its features were extracted)
-becomes a grey placeholder naming the file instead of stopping the drawing. When the query's and a
-match's file names both follow a dataset convention, the match is framed in green (same identity) or red
-(another one); otherwise in grey.
+Tiles are laid out by the evaluator's ranked-list code (:class:`reid.evaluation.visualize.StripLayout`):
+every caption is measured and the columns widened (or the font shrunk) so that each tile's full file
+name, identity and camera fit under it, one line each, never running into a neighbour. An image that
+cannot be read (deleted or replaced since its features were extracted) becomes a grey placeholder naming
+the file instead of stopping the drawing. When the query's and a match's file names both follow a dataset
+convention, the match is framed in green (same identity) or red (another one); otherwise in grey, and the
+legend under the strips says so. Cameras are written as in the file names (``c1`` is camera id 0).
 """
 
 from __future__ import annotations
@@ -19,17 +21,25 @@ from reid.evaluation.visualize import (
     BACKGROUND_COLOR,
     MATCH_COLOR,
     MISMATCH_COLOR,
-    PLACEHOLDER_COLOR,
     QUERY_COLOR,
-    canvas_size,
+    UNKNOWN_COLOR,
+    LegendEntry,
+    StripLayout,
+    camera_label,
+    compose_with_legend,
 )
-from reid.evaluation.visualize import draw_cell  # the ranked lists' cell, placeholder included
 from reid.export.image_files import UNKNOWN, check_writable_file, parse_identity
 from reid.export.search import SearchResult
 from reid.utils.errors import ReIDError
 
-_NAME_CHARS = 11  # characters of a file name that fit under a cell
 PICTURE_SUFFIXES = (".jpg", ".jpeg", ".png")
+SEARCH_LEGEND: list[LegendEntry] = [
+    (QUERY_COLOR, "query"),
+    (MATCH_COLOR, "same identity"),
+    (MISMATCH_COLOR, "other identity"),
+    (UNKNOWN_COLOR, "identity unknown (name follows no Market/Duke/MSMT17 convention) or junk"),
+    (None, "#rank, d=distance; cN: camera N as in file names"),
+]
 
 
 def check_picture_path(path: str | Path) -> Path:
@@ -41,23 +51,60 @@ def check_picture_path(path: str | Path) -> Path:
     return check_writable_file(path)
 
 
+def identity_caption(path: str | Path) -> str:
+    """``id 2 c1`` from a file name that follows a dataset convention, ``junk c3`` for Market's junk
+    (identity -1), ``id ? c?`` otherwise."""
+    pid, camid = parse_identity(path)
+    if pid == UNKNOWN:
+        return f"junk {camera_label(camid)}" if camid != UNKNOWN else "id ? c?"
+    return f"id {pid} {camera_label(camid)}"
+
+
+def tile_captions(result: SearchResult) -> list[list[str]]:
+    """The caption lines of each tile of ``result``'s strip: the query's, then each match's."""
+    captions = [["query", identity_caption(result.query), result.query.name]]
+    for position, (match, distance) in enumerate(zip(result.matches, result.distances), start=1):
+        captions.append([f"#{position} d={distance:.3f}", identity_caption(match), Path(match).name])
+    return captions
+
+
+def search_layout(results: Sequence[SearchResult]) -> StripLayout:
+    """The layout shared by all strips of ``results``: columns wide enough for every caption."""
+    captions = [lines for result in results for lines in tile_captions(result)]
+    return StripLayout.fit(captions, positions=1 + max(len(r.matches) for r in results))
+
+
+def frame_color(query: str | Path, match: str | Path) -> tuple[int, int, int]:
+    """Green when both names carry the same identity, red for different ones, grey when either is unknown
+    or junk."""
+    query_pid, match_pid = parse_identity(query)[0], parse_identity(match)[0]
+    if UNKNOWN in (query_pid, match_pid):
+        return UNKNOWN_COLOR
+    return MATCH_COLOR if match_pid == query_pid else MISMATCH_COLOR
+
+
+def render_search_results(results: Sequence[SearchResult]) -> np.ndarray:
+    """The picture of :func:`draw_search_results` as a BGR array (strips, then the legend)."""
+    if not results:
+        raise ReIDError("No search results to draw.")
+    layout = search_layout(results)
+    strips = []
+    for result in results:
+        strip = np.full((layout.height, layout.width, 3), BACKGROUND_COLOR, np.uint8)
+        captions = tile_captions(result)
+        layout.draw(strip, 0, str(result.query), QUERY_COLOR, captions[0])
+        for position, match in enumerate(result.matches, start=1):
+            layout.draw(strip, position, str(match), frame_color(result.query, match), captions[position])
+        strips.append(strip)
+    return compose_with_legend(strips, SEARCH_LEGEND)
+
+
 def draw_search_results(results: Sequence[SearchResult], path: str | Path) -> Path:
-    """Write all strips into one image at ``path`` (any OpenCV format: .jpg, .png)."""
+    """Write all strips and their legend into one image at ``path`` (.jpg, .jpeg or .png)."""
     path = check_picture_path(path)
     if not results:
         raise ReIDError(f"No search results to draw into {path}.")
-    topk = max(len(r.matches) for r in results)
-    strip_height, width = canvas_size(topk)
-    canvas = np.full((strip_height * len(results), width, 3), BACKGROUND_COLOR, np.uint8)
-    for row, result in enumerate(results):
-        strip = canvas[row * strip_height:(row + 1) * strip_height]
-        query_pid = parse_identity(result.query)[0]
-        draw_cell(strip, 0, str(result.query), QUERY_COLOR, "query", result.query.name[:_NAME_CHARS])
-        for position, (match, distance) in enumerate(zip(result.matches, result.distances), start=1):
-            match_pid = parse_identity(match)[0]
-            known = UNKNOWN not in (query_pid, match_pid)
-            color = (MATCH_COLOR if match_pid == query_pid else MISMATCH_COLOR) if known else PLACEHOLDER_COLOR
-            draw_cell(strip, position, str(match), color, f"{position}: {distance:.3f}", match.name[:_NAME_CHARS])
+    canvas = render_search_results(results)
     try:
         written = cv2.imwrite(str(path), canvas)
     except (OSError, cv2.error):  # cv2 raises for an unknown extension, returns False for an unwritable file
