@@ -13,7 +13,6 @@ import torch
 
 from reid.config import load_config
 from reid.engine.training import train
-from reid.utils import cli
 from reid.utils.cli import run_cli
 from reid.utils.errors import ConfigError, DatasetError, ReIDError, summarize_exception
 

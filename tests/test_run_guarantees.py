@@ -130,9 +130,8 @@ def test_resume_from_scratch_keeps_no_metrics_of_the_killed_run_and_removes_temp
     (out / "metrics.jsonl").write_text(json.dumps({"type": "train", "epoch": 1, "iter": 2, "loss": 9.0}) + "\n")
     stale = out / ".last.pth.a1b2c3d4.tmp"  # what a kill during atomic_save leaves
     stale.write_bytes(b"\0" * 1000)
-    cfg = load_config("bot_synthetic.yml", tiny_train_opts(synthetic_root, out, "SOLVER.MAX_EPOCHS", "1",
-                                                          "DATASETS.TEST", "synthetic_market"))
-    train(cfg, resume=True)
+    opts = tiny_train_opts(synthetic_root, out, "SOLVER.MAX_EPOCHS", "1", "DATASETS.TEST", "synthetic_market")
+    train(load_config("bot_synthetic.yml", opts), resume=True)
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     iterations = [r["iter"] for r in records if r["type"] == "train"]
     assert len(iterations) == len(set(iterations)) and all(r.get("loss") != 9.0 for r in records)

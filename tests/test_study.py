@@ -342,10 +342,10 @@ def test_records_round_trip_and_read_the_earlier_format(tmp_path):
     record.add(AttackRun("pgd", "metric", 4.0), {"R1": 0.5, "mAP": 0.4, "mINP": 0.1, "R5": 0.7}, steps=10)
     write_record(path, record)
     assert read_record(path) == record
-    assert json.loads(path.read_text())["attacks"] == [{"attack": "pgd", "objective": "metric", "eps": 4.0,
-                                                       "steps": 10, "protocol": ATTACK_PROTOCOL, "R1": 0.5,
-                                                       "mAP": 0.4, "mINP": 0.1}]
-    legacy = {**record.to_json(), "attacks": {"pgd/metric/eps4": {"R1": 0.5, "mAP": 0.4, "mINP": 0.1, "steps": 10,
-                                                                  "protocol": ATTACK_PROTOCOL}}}
+    expected = {"attack": "pgd", "objective": "metric", "eps": 4.0, "steps": 10, "protocol": ATTACK_PROTOCOL,
+                "R1": 0.5, "mAP": 0.4, "mINP": 0.1}
+    assert json.loads(path.read_text())["attacks"] == [expected]
+    legacy_entry = {"R1": 0.5, "mAP": 0.4, "mINP": 0.1, "steps": 10, "protocol": ATTACK_PROTOCOL}
+    legacy = {**record.to_json(), "attacks": {"pgd/metric/eps4": legacy_entry}}
     path.write_text(json.dumps(legacy))  # keyed by strings, as records of earlier versions are
     assert read_record(path).attacks == record.attacks
