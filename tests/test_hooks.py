@@ -103,3 +103,42 @@ def test_resume_drops_metrics_written_after_the_checkpoint(tmp_path):
     path.write_text("".join(json.dumps(r) + "\n" for r in records) + '{"type": "tra')  # killed mid-line
     RunFolder(tmp_path).truncate_metrics(iteration=3, epoch=1)
     assert [json.loads(line) for line in path.read_text().splitlines()] == records[:2]
+
+
+def read_scalars(folder) -> dict[str, list[tuple[int, float]]]:
+    """Every scalar TensorBoard shows for a log folder (purged events left out, as TensorBoard does)."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(folder), purge_orphaned_data=True)
+    events.Reload()
+    return {tag: [(e.step, e.value) for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
+
+
+def test_tensorboard_curves_continue_without_duplicates_after_resume(tmp_path):
+    pytest.importorskip("tensorboard")
+    from reid.engine.hooks import TensorBoardWriter
+
+    def evaluate(model):
+        return {"source": {"R1": 0.5, "mAP": 0.4, "mINP": 0.1}}
+
+    trainer = make_trainer(tmp_path, evaluate, "SOLVER.MAX_EPOCHS", "2", "TEST.EVAL_PERIOD", "1")
+    evaluator = next(h for h in trainer.hooks if isinstance(h, PeriodicEvaluator))
+    trainer.register_hook(TensorBoardWriter(tmp_path, 1, evaluator))
+    trainer.train()
+    # A kill after more steps than the checkpoint holds, then a resume from epoch 1: steps 4..6 are logged twice.
+    resumed = make_trainer(tmp_path, evaluate, "SOLVER.MAX_EPOCHS", "3", "TEST.EVAL_PERIOD", "1")
+    resumed.load_state_dict(_state_at_epoch_one(tmp_path))
+    evaluator = next(h for h in resumed.hooks if isinstance(h, PeriodicEvaluator))
+    resumed.register_hook(TensorBoardWriter(tmp_path, 1, evaluator))
+    resumed.train()
+    scalars = read_scalars(tmp_path / "tensorboard")
+    steps = [step for step, _ in scalars["train/loss_ce"]]
+    assert steps == list(range(1, 10))  # 3 epochs x 3 iterations, each once
+    assert {"train/lr", "train/acc", "train/img_per_s"} <= set(scalars)
+    assert [step for step, _ in scalars["eval/source/mAP"]] == [3, 6, 9]  # at each epoch's last iteration
+
+
+def _state_at_epoch_one(folder) -> dict:
+    """last.pth rewound to epoch 1 (iteration 3), as if the run had been killed during epoch 2."""
+    state = load_checkpoint(folder / "last.pth")
+    return {**state, "epoch": 1, "iteration": 3}

@@ -17,8 +17,9 @@ from __future__ import annotations
 import sys
 
 from reid.export import FeatureExtractor, extract_folder
-from reid.export.folder_features import ProgressPrinter, check_output_path
+from reid.export.folder_features import check_output_path
 from reid.utils.cli import add_config_arguments, add_extractor_arguments, parse_args, parser_from_docstring, run_cli
+from reid.utils.progress import Progress
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -30,7 +31,12 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(parser, argv)
     check_output_path(args.output)  # before hours of extraction, not after
     extractor = FeatureExtractor(args.weights, args.config, args.device, args.batch_size, args.opts)
-    result = extract_folder(extractor, args.images, progress=ProgressPrinter("extract"), strict=args.strict)
+    with Progress("extract", stream=sys.stderr) as progress:
+        def report(done: int, total: int) -> None:
+            progress.total = total  # known once the folder is listed
+            progress.set(done)
+
+        result = extract_folder(extractor, args.images, progress=report, strict=args.strict)
     path = result.save(args.output)
     for line in result.report():
         print(f"Warning: {line}" if not line.startswith(" ") else line, file=sys.stderr)

@@ -11,6 +11,7 @@ import os
 import time
 
 from reid.experiments.synthetic import STYLES, generate_synthetic, get_style, read_manifest
+from reid.data.datasets.csv_list import write_market_csv
 from reid.utils.cli import run_cli
 from reid.utils.logger import setup_logger
 
@@ -33,6 +34,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1),
                         help="rendering processes")
     parser.add_argument("--force", action="store_true", help="regenerate even if the folder is up to date")
+    parser.add_argument("--format", choices=("folders", "csv"), default="folders",
+                        help="csv: also write <folder>/dataset.csv (path,pid,camid,split), usable as "
+                             "DATASETS.TRAIN/TEST csv:<folder>/dataset.csv")
     return parser.parse_args(argv)
 
 
@@ -50,6 +54,8 @@ def main(argv: list[str] | None = None) -> None:
             num_junk=args.junk if has_extras else None,
         )
         print(f"{folder}  ({time.perf_counter() - start:.1f} s)")
+        if args.format == "csv":
+            print(f"  listed in {write_market_csv(folder)}: use DATASETS.TRAIN/TEST \"('csv:{folder}/dataset.csv',)\"")
         for subset, counts in read_manifest(folder)["subsets"].items():
             extras = counts["distractors"] or counts["junk"]
             note = f"  (of which {counts['distractors']} distractors, {counts['junk']} junk)" if extras else ""

@@ -86,6 +86,7 @@ _C.SOLVER.AMP_DTYPE = "bf16"  # "bf16" or "fp16" (fp16 uses a gradient scaler)
 _C.SOLVER.CHANNELS_LAST = True  # channels_last memory format on CUDA
 _C.SOLVER.CHECKPOINT_PERIOD = 10  # save a numbered checkpoint every N epochs (last.pth is saved every epoch)
 _C.SOLVER.LOG_PERIOD = 20  # log a status line every N iterations
+_C.SOLVER.TENSORBOARD = True  # also write TensorBoard events into OUTPUT_DIR/tensorboard (tensorboard package)
 _C.SOLVER.GRAD_CLIP = 0.0  # clip the gradient norm to this value; 0 disables
 
 # ---------------------------------------------------------------------------------------------
@@ -103,6 +104,9 @@ _C.TEST.RERANK_LAMBDA = 0.3  # re-ranking weight of the original distance
 _C.TEST.MAX_RANK = 50  # length of the CMC curve
 _C.TEST.BEST_METRIC = "mAP"  # "mAP", "R1" or "mINP": keeps best.pth by this metric on the first test dataset
 _C.TEST.WEIGHTS = ""  # checkpoint evaluated by tools/test.py when --weights is not given
+_C.TEST.REPORT = True  # write OUTPUT_DIR/report.html after tools/test.py and the last evaluation of training
+_C.TEST.REPORT_QUERIES = 8  # worst and best queries the report shows as ranked lists (each)
+_C.TEST.REPORT_CAMERA_PAIRS = True  # the report's R1/mAP per (query camera, gallery camera): about one more ranking
 
 # ---------------------------------------------------------------------------------------------
 # Rules of the core keys, checked on every load (reid.config.loader.finalize_config).
@@ -119,7 +123,8 @@ CHOICES: dict[str, tuple[str, ...]] = {
 POSITIVE = ("SOLVER.BASE_LR", "SOLVER.MAX_EPOCHS", "SOLVER.IMS_PER_BATCH", "TEST.IMS_PER_BATCH",
             "DATALOADER.NUM_INSTANCE", "TEST.MAX_RANK", "SOLVER.LOG_PERIOD")
 AT_LEAST_ONE = ("TEST.RERANK_K1", "TEST.RERANK_K2", "INPUT.MAX_IMAGE_PIXELS")
-NON_NEGATIVE = ("DATALOADER.NUM_WORKERS", "SOLVER.WARMUP_EPOCHS", "TEST.EVAL_PERIOD", "SOLVER.CHECKPOINT_PERIOD")
+NON_NEGATIVE = ("DATALOADER.NUM_WORKERS", "SOLVER.WARMUP_EPOCHS", "TEST.EVAL_PERIOD", "SOLVER.CHECKPOINT_PERIOD",
+                "TEST.REPORT_QUERIES")
 PROBABILITIES = ("INPUT.FLIP_PROB", "INPUT.RE_PROB", "TEST.RERANK_LAMBDA")
 AREA_RANGES = ("INPUT.RE_AREA",)  # (low, high) with 0 < low <= high <= 1
 IMAGE_SIZES = ("INPUT.SIZE_TRAIN", "INPUT.SIZE_TEST")  # (height, width), both positive

@@ -16,7 +16,7 @@ import torch
 from torch.utils.data import BatchSampler, DataLoader, Dataset, DistributedSampler
 from yacs.config import CfgNode
 
-from reid.data.datasets import ImageRecord, ReIDDataset, build_dataset
+from reid.data.datasets import ImageRecord, ReIDDataset, build_dataset, dataset_key
 from reid.data.io import read_image
 from reid.data.samplers import PKSampler
 from reid.data.transforms import build_transforms
@@ -110,7 +110,7 @@ def build_train_loader(cfg: CfgNode, rank: int = 0, world_size: int = 1) -> Trai
     With ``world_size`` > 1 each process gets SOLVER.IMS_PER_BATCH / world_size images per step. Give every
     process the same non-negative SEED so that they agree on the global batch order.
     """
-    names = [name.lower() for name in cfg.DATASETS.TRAIN]
+    names = [dataset_key(name) for name in cfg.DATASETS.TRAIN]
     if not names or len(set(names)) != len(names):
         raise ConfigError(
             f"DATASETS.TRAIN must name at least one dataset, each once; got {tuple(cfg.DATASETS.TRAIN)}."
@@ -120,7 +120,8 @@ def build_train_loader(cfg: CfgNode, rank: int = 0, world_size: int = 1) -> Trai
             f"SOLVER.IMS_PER_BATCH ({cfg.SOLVER.IMS_PER_BATCH}) must be divisible by the number of processes "
             f"({world_size})."
         )
-    datasets = {name: build_dataset(name, cfg.DATASETS.ROOT, verbose=rank == 0) for name in names}
+    datasets = {name: build_dataset(name, cfg.DATASETS.ROOT, verbose=rank == 0, needed=("train",),
+                                    num_instances=cfg.DATALOADER.NUM_INSTANCE) for name in names}
     records: list[ImageRecord] = []
     pid_offset = cam_offset = 0
     for dataset in datasets.values():
@@ -169,5 +170,5 @@ def build_image_loader(cfg: CfgNode, records: Sequence[ImageRecord]) -> DataLoad
 
 def build_test_loader(cfg: CfgNode, name: str) -> TestData:
     """Query then gallery images of dataset ``name``, in order, TEST.IMS_PER_BATCH at a time."""
-    dataset = build_dataset(name, cfg.DATASETS.ROOT)
+    dataset = build_dataset(name, cfg.DATASETS.ROOT, needed=("query", "gallery"))
     return TestData(build_image_loader(cfg, dataset.query + dataset.gallery), len(dataset.query), dataset)

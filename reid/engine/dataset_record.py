@@ -15,7 +15,7 @@ from pathlib import Path
 
 from yacs.config import CfgNode
 
-from reid.data.datasets import ReIDDataset, build_dataset, check_fingerprints, fingerprint_dataset
+from reid.data.datasets import ReIDDataset, build_dataset, check_fingerprints, dataset_key, fingerprint_dataset
 from reid.engine.trainer import HookBase
 from reid.utils import comm
 from reid.utils.fsio import atomic_write_text
@@ -29,12 +29,15 @@ class DatasetRecord(HookBase):
 
     def __init__(self, cfg: CfgNode, parsed: Mapping[str, ReIDDataset]) -> None:
         self.allow_changes = cfg.DATASETS.ALLOW_CHANGES
-        self.datasets = {name: parsed.get(name) or build_dataset(name, cfg.DATASETS.ROOT, verbose=False)
-                         for name in dict.fromkeys([*cfg.DATASETS.TRAIN, *cfg.DATASETS.TEST])}
+        self.datasets: dict[str, ReIDDataset] = {}
         self.record: dict[str, dict] = {}
-        for name, dataset in self.datasets.items():
+        for name in dict.fromkeys([*cfg.DATASETS.TRAIN, *cfg.DATASETS.TEST]):
             subsets = (["train"] if name in cfg.DATASETS.TRAIN else []) + (
                 list(TEST_SUBSETS) if name in cfg.DATASETS.TEST else [])
+            dataset = parsed.get(dataset_key(name))
+            if dataset is None:
+                dataset = build_dataset(name, cfg.DATASETS.ROOT, verbose=False, needed=subsets)
+            self.datasets[name] = dataset
             self.record[name] = fingerprint_dataset(dataset, subsets)
 
     def write(self, output_dir: str | Path) -> None:

@@ -40,6 +40,7 @@ CONFIG_NAME = "config.yaml"
 METRICS_NAME = "metrics.jsonl"
 RESULTS_NAME = "results.json"
 LOG_NAME = "log.txt"
+TENSORBOARD_DIR = "tensorboard"
 LAST, BEST = "last.pth", "best.pth"
 
 
@@ -150,9 +151,9 @@ class RunFolder:
         if not self.path.is_dir():
             return
         stamp = time.strftime("%Y%m%d-%H%M%S")
-        for name in (METRICS_NAME, LOG_NAME):
+        for name in (METRICS_NAME, LOG_NAME, TENSORBOARD_DIR):
             path = self.path / name
-            if path.is_file():
+            if path.exists():
                 path.rename(path.with_name(f"{path.stem}.{stamp}{path.suffix}"))
         if not remove_checkpoints:
             return

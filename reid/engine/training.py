@@ -13,8 +13,9 @@ from reid.config import save_config
 from reid.data import build_train_loader, check_datasets
 from reid.data.datasets import ReIDDataset
 from reid.engine.dataset_record import DatasetRecord
-from reid.engine.hooks import Checkpointer, PeriodicEvaluator, ProgressLogger
+from reid.engine.hooks import Checkpointer, PeriodicEvaluator, ProgressLogger, TensorBoardWriter
 from reid.engine.run import CONFIG_NAME, RunFolder, lock_output, setup_run, write_results
+from reid.engine.testing import dataset_report, results_document, write_evaluation_report
 from reid.engine.trainer import Trainer
 from reid.evaluation.evaluator import evaluate_datasets
 from reid.modeling import ReIDLoss, build_model
@@ -67,12 +68,29 @@ def _train(cfg: CfgNode, folder: RunFolder, resume: bool) -> dict:
 
     record = DatasetRecord(cfg, data.datasets)
     checkpointer = Checkpointer(cfg.OUTPUT_DIR, cfg.SOLVER.CHECKPOINT_PERIOD, {"num_classes": data.num_classes})
-    evaluator = PeriodicEvaluator(lambda m: evaluate_datasets(cfg, m, device, recorded=record.test_sets()),
-                                  cfg.TEST.EVAL_PERIOD, cfg.TEST.BEST_METRIC, checkpointer, cfg.OUTPUT_DIR)
+
+    def evaluate(evaluated_model: torch.nn.Module) -> dict:
+        """Each evaluation checks the test sets against the run's record; the last one also writes report.html."""
+        final = trainer.epoch + 1 == trainer.max_epochs and cfg.TEST.REPORT
+        reports = {}
+
+        def report(name, extracted, results, row) -> None:
+            reports[name] = dataset_report(cfg, name, extracted, results)
+
+        table = evaluate_datasets(cfg, evaluated_model, device, recorded=record.test_sets(),
+                                  on_dataset=report if final else None)
+        if reports:
+            page = write_evaluation_report(cfg, reports, f"{cfg.OUTPUT_DIR}, epoch {trainer.epoch + 1}")
+            logger.info(f"Wrote {page} (open it in a browser)")
+        return table
+
+    evaluator = PeriodicEvaluator(evaluate, cfg.TEST.EVAL_PERIOD, cfg.TEST.BEST_METRIC, checkpointer, cfg.OUTPUT_DIR)
     # The checkpointer runs before the evaluator: an evaluation that fails (an unreadable gallery
     # image, out of memory) never costs the epoch's weights.
-    hooks = [record, ProgressLogger(cfg.OUTPUT_DIR, cfg.SOLVER.LOG_PERIOD, cfg.SOLVER.IMS_PER_BATCH), checkpointer,
-             evaluator]
+    progress = ProgressLogger(cfg.OUTPUT_DIR, cfg.SOLVER.LOG_PERIOD, cfg.SOLVER.IMS_PER_BATCH, cfg.TEST.EVAL_PERIOD)
+    hooks = [record, progress, checkpointer, evaluator]
+    if cfg.SOLVER.TENSORBOARD:
+        hooks.append(TensorBoardWriter(cfg.OUTPUT_DIR, cfg.SOLVER.LOG_PERIOD, evaluator))
     trainer = Trainer(cfg, model, criterion, optimizer, scheduler, data, device, hooks=hooks)
     if resume:
         _resume(trainer, folder)
@@ -91,8 +109,8 @@ def _train(cfg: CfgNode, folder: RunFolder, resume: bool) -> dict:
 
     results = evaluator.results or {}
     if comm.is_main_process():
-        write_results(cfg.OUTPUT_DIR, {"results": results, "best": evaluator.best, "epochs": trainer.epoch + 1,
-                                       "last_checkpoint": trainer.last_checkpoint})
+        write_results(cfg.OUTPUT_DIR, results_document(results, best=evaluator.best, epochs=trainer.epoch + 1,
+                                                       last_checkpoint=trainer.last_checkpoint))
     return results
 
 

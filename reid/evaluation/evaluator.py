@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import time
 from dataclasses import dataclass
 from typing import Callable, Mapping, Sequence
 
@@ -15,6 +14,7 @@ from reid.data import TestData, build_test_loader
 from reid.data.datasets import check_fingerprints, fingerprint_dataset
 from reid.evaluation.rank import RankResult, evaluate_features
 from reid.evaluation.rerank import evaluate_reranked
+from reid.utils.progress import Progress
 
 logger = logging.getLogger("reid.evaluation")
 
@@ -46,7 +46,7 @@ def extract_features(model: nn.Module, loader, device: torch.device | str, flip:
     device = torch.device(device)
     use_amp = amp and device.type == "cuda"
     feats, pids, camids, paths = [], [], [], []
-    total, start, last_log = len(loader.dataset), time.perf_counter(), 0.0
+    progress = Progress(f"extract {desc}", len(loader.dataset), logger=logger)
     for batch in loader:
         images = batch["images"].to(device, non_blocking=True)
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_amp):
@@ -57,10 +57,8 @@ def extract_features(model: nn.Module, loader, device: torch.device | str, flip:
         pids.append(batch["pids"])
         camids.append(batch["camids"])
         paths.extend(batch["paths"])
-        elapsed = time.perf_counter() - start
-        if elapsed - last_log > 10 or len(paths) == total:
-            last_log = elapsed
-            logger.info(f"{desc}: {len(paths)}/{total} images, {len(paths) / max(elapsed, 1e-9):.0f} img/s")
+        progress.update(len(batch["paths"]))
+    progress.close()
     return torch.cat(feats), torch.cat(pids), torch.cat(camids), paths
 
 

@@ -55,6 +55,7 @@ from reid.evaluation.visualize import (
     read_tile_image,
 )
 from reid.utils.errors import ReIDError
+from reid.utils.fsio import atomic_write_text
 
 logger = logging.getLogger("reid.evaluation")
 
@@ -148,10 +149,7 @@ class ReportData:
 
     def save(self, path: str | Path) -> Path:
         """Write the data as JSON (a few tens of kB: no features, no pixels)."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(self.to_dict(), indent=1))
-        return path
+        return atomic_write_text(Path(path), json.dumps(self.to_dict(), indent=1))
 
     @classmethod
     def from_dict(cls, data: Mapping, source: str = "report data") -> ReportData:
@@ -421,14 +419,8 @@ class _HistogramCounts:
 def write_report(data: ReportData, output_dir: str | Path, *, max_rank: int = 20) -> Path:
     """Write ``report_data.json`` and ``report.html`` into ``output_dir``; returns the page's path."""
     output_dir = Path(output_dir)
-    try:
-        output_dir.mkdir(parents=True, exist_ok=True)
-        data.save(output_dir / REPORT_DATA)
-        page = output_dir / REPORT_HTML
-        page.write_text(render_report_html([(data.title, data)], max_rank=max_rank), encoding="utf-8")
-    except OSError as exc:
-        raise ReIDError(f"Cannot write the report into {output_dir}: {exc.strerror or exc}.") from exc
-    return page
+    data.save(output_dir / REPORT_DATA)
+    return atomic_write_text(output_dir / REPORT_HTML, render_report_html([(data.title, data)], max_rank=max_rank))
 
 
 def write_comparison_report(run_dirs: Sequence[str | Path], output_path: str | Path, *,
@@ -450,12 +442,7 @@ def write_comparison_report(run_dirs: Sequence[str | Path], output_path: str | P
         output_path = output_path / REPORT_HTML
     page = render_report_html(runs, title=title or "Comparison of " + ", ".join(label for label, _ in runs),
                               max_rank=max_rank)
-    try:
-        output_path.parent.mkdir(parents=True, exist_ok=True)
-        output_path.write_text(page, encoding="utf-8")
-    except OSError as exc:
-        raise ReIDError(f"Cannot write the report {output_path}: {exc.strerror or exc}.") from exc
-    return output_path
+    return atomic_write_text(output_path, page)
 
 
 # ------------------------------------------------------------------------------------ rendering

@@ -21,7 +21,6 @@ Distances follow TEST.METRIC and TEST.FEAT_NORM; re-ranking (TEST.RERANK) is not
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -43,6 +42,7 @@ from reid.evaluation.attacks import (
 )
 from reid.evaluation.evaluator import extract_features, result_row
 from reid.evaluation.rank import RankResult, evaluate_features
+from reid.utils.progress import Progress
 
 logger = logging.getLogger("reid.evaluation")
 
@@ -69,6 +69,8 @@ class AttackedBatch:
 
 #: Called for every attacked batch, e.g. to draw triptychs or save the adversarial images.
 BatchCallback = Callable[[AttackedBatch], None]
+#: Called once per dataset and run after evaluation: (dataset name, run, clean result, attacked result).
+ResultCallback = Callable[[str, AttackRun, RankResult, RankResult], None]
 
 
 @dataclass
@@ -84,7 +86,8 @@ class _AttackedQueries:
 
 def evaluate_attacks(cfg: CfgNode, model: nn.Module, datasets: Sequence[str], runs: Sequence[AttackRun], steps: int,
                      device: torch.device | str | None = None, seed: int | None = None,
-                     on_batch: BatchCallback | None = None) -> dict[str, dict]:
+                     on_batch: BatchCallback | None = None, on_result: ResultCallback | None = None
+                     ) -> dict[str, dict]:
     """Attack the queries of each dataset with every run (see :func:`reid.evaluation.attacks.plan_runs`) and
     evaluate them against the clean gallery.
 
@@ -106,10 +109,13 @@ def evaluate_attacks(cfg: CfgNode, model: nn.Module, datasets: Sequence[str], ru
             return evaluate_features(query_features, gf, queries.pids, g_pids, queries.camids, g_camids,
                                      metric=cfg.TEST.METRIC, normalize=cfg.TEST.FEAT_NORM, max_rank=cfg.TEST.MAX_RANK)
 
-        table[name] = {**result_row(evaluate(queries.clean)), "attacks": {}}
+        clean = evaluate(queries.clean)
+        table[name] = {**result_row(clean), "attacks": {}}
         for run in runs:
-            table[name]["attacks"][run] = {**result_row(evaluate(queries.adversarial[run])),
-                                           "linf_255": round(queries.linf[run] * 255, 4)}
+            attacked = evaluate(queries.adversarial[run])
+            table[name]["attacks"][run] = {**result_row(attacked), "linf_255": round(queries.linf[run] * 255, 4)}
+            if on_result is not None:
+                on_result(name, run, clean, attacked)
     return table
 
 
@@ -125,7 +131,7 @@ def _attack_queries(cfg: CfgNode, model: nn.Module, dataset: ReIDDataset, gf: to
     camids = torch.empty(num_query, dtype=torch.long)
     adv_features = {run: torch.empty_like(clean) for run in runs}
     linf = {run: 0.0 for run in runs}
-    start, done = time.perf_counter(), 0
+    progress = Progress(f"attack {dataset.name}", num_query, unit="queries", logger=logger)
     for batch in build_image_loader(cfg, dataset.query):
         images = batch["images"].to(device, non_blocking=True)
         index = batch["index"]  # positions in the query list
@@ -150,9 +156,8 @@ def _attack_queries(cfg: CfgNode, model: nn.Module, dataset: ReIDDataset, gf: to
             if on_batch is not None:
                 on_batch(AttackedBatch(dataset, run, images, adv, index, list(batch["paths"]), clean[rows],
                                        adv_features[run][rows]))
-        done += len(images)
-        logger.info(f"attacked {done}/{num_query} queries x {len(runs)} settings "
-                    f"({done * len(runs) / max(time.perf_counter() - start, 1e-9):.1f} attacked images/s)")
+        progress.update(len(images))
+    progress.close()
     return _AttackedQueries(clean, pids, camids, adv_features, linf)
 
 

@@ -2,7 +2,7 @@
 model, log a table, write ``OUTPUT_DIR/results.json``, clean/adversarial/difference triptychs and, on
 request, each adversarial query set as a dataset tree that every tool can evaluate.
 
-The attacks and their evaluation are the library's (:mod:`reid.evaluation.attacks`,
+The attacks, their evaluation and the triptych drawing are the library's (:mod:`reid.evaluation.attacks`,
 :func:`reid.evaluation.robustness.evaluate_attacks`); this module decides what is drawn and saved.
 """
 
@@ -19,41 +19,45 @@ from reid.data import check_datasets
 from reid.data.query_sets import can_replace_queries, mirror_with_empty_queries, write_image
 from reid.engine.run import lock_output, setup_run, write_results
 from reid.evaluation.attacks import PGD_ALPHA_FACTOR, AttackRun, plan_runs
+from reid.evaluation.rank import RankResult
 from reid.evaluation.robustness import ATTACK_PROTOCOL, AttackedBatch, evaluate_attacks, format_attack_table
+from reid.evaluation.visualize import ap_of, draw_attack_triptych
 from reid.modeling import load_model
 from reid.utils.errors import ConfigError, ReIDError
 
 logger = logging.getLogger("reid.experiments")
 
-TRIPTYCH_GAP = 4  # white pixels between the clean, adversarial and difference panels
 DEFAULT_TRIPTYCHS = 4  # queries per attack setting drawn as clean/adversarial/difference triptychs
 
 
-def save_triptych(clean: torch.Tensor, adversarial: torch.Tensor, eps: float, path: Path) -> Path:
-    """Clean | adversarial | |difference| side by side; the difference is scaled so that eps is white."""
-    difference = (adversarial - clean).abs() / eps if eps > 0 else torch.zeros_like(clean)
-    gap = torch.ones(3, clean.shape[1], TRIPTYCH_GAP, device=clean.device)
-    return write_image(torch.cat([clean, gap, adversarial, gap, difference.clamp(0, 1)], dim=2), path)
-
-
 class AttackOutputs:
-    """What the runner keeps of each attacked batch: the first ``vis`` queries' triptychs under
-    ``vis_dir/<dataset>/`` and, with ``save_adv``, every adversarial query under
-    ``save_adv/<run>/<dataset folder>/query/`` (lossless PNGs at INPUT.SIZE_TEST with the original stems)."""
+    """What the runner keeps of each attacked batch: labelled triptychs (clean | adversarial | difference,
+    with the query's AP before and after) of the first ``vis`` queries under ``vis_dir/<dataset>/``, and, with
+    ``save_adv``, every adversarial query under ``save_adv/<run>/<dataset folder>/query/`` (lossless PNGs at
+    INPUT.SIZE_TEST with the original stems)."""
 
     def __init__(self, root: str | Path, vis: int, vis_dir: Path, save_adv: str | Path | None) -> None:
         self.root, self.vis, self.vis_dir = root, vis, vis_dir
         self.save_adv = Path(save_adv) if save_adv is not None else None
         self._query_dirs: dict[tuple[str, AttackRun], Path] = {}
+        # (dataset, run) -> [(query index, file stem, clean, adversarial)]: drawn once the APs are known
+        self._pending: dict[tuple[str, AttackRun], list[tuple[int, str, torch.Tensor, torch.Tensor]]] = {}
 
-    def __call__(self, batch: AttackedBatch) -> None:
+    def on_batch(self, batch: AttackedBatch) -> None:
         for i, path in enumerate(batch.paths):
-            stem = Path(path).stem
-            if int(batch.index[i]) < self.vis:
-                save_triptych(batch.clean[i], batch.adversarial[i], batch.run.eps / 255,
-                              self.vis_dir / batch.dataset.name / f"{batch.run.slug}_{stem}.png")
+            stem, index = Path(path).stem, int(batch.index[i])
+            if index < self.vis:
+                self._pending.setdefault((batch.dataset.name, batch.run), []).append(
+                    (index, stem, batch.clean[i].cpu(), batch.adversarial[i].cpu()))
             if self.save_adv is not None:
                 write_image(batch.adversarial[i], self._query_dir(batch) / f"{stem}.png")
+
+    def on_result(self, dataset: str, run: AttackRun, clean: RankResult, attacked: RankResult) -> None:
+        for index, stem, clean_image, adversarial in self._pending.pop((dataset, run), []):
+            path = self.vis_dir / dataset / f"{run.slug}_{stem}.png"
+            draw_attack_triptych(clean_image, adversarial, run.eps / 255, path, attack=run.attack,
+                                 objective=run.objective, ap_before=ap_of(clean, index),
+                                 ap_after=ap_of(attacked, index))
 
     def _query_dir(self, batch: AttackedBatch) -> Path:
         key = (batch.dataset.name, batch.run)
@@ -78,7 +82,8 @@ def run_attacks(cfg: CfgNode, model: torch.nn.Module, datasets: Sequence[str], a
                 f"{', '.join(unsupported)} does not have (its queries are listed in files). Leave those datasets "
                 "out of DATASETS.TEST or drop --save-adv.")
     outputs = AttackOutputs(cfg.DATASETS.ROOT, vis, Path(out_dir) / "attacks", save_adv)
-    return evaluate_attacks(cfg, model, datasets, runs, steps, device, seed, on_batch=outputs)
+    return evaluate_attacks(cfg, model, datasets, runs, steps, device, seed, on_batch=outputs.on_batch,
+                            on_result=outputs.on_result)
 
 
 def results_document(table: dict[str, dict]) -> dict:

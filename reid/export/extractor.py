@@ -23,6 +23,7 @@ from yacs.config import CfgNode
 from reid.export.exportable import load_exportable
 from reid.export.preprocess import Preprocessor, split_inputs
 from reid.utils.errors import DatasetError, ReIDError
+from reid.utils.progress import Progress
 
 DECODE_THREADS = min(8, os.cpu_count() or 1)  # OpenCV decodes without holding the GIL
 
@@ -72,14 +73,16 @@ class FeatureExtractor:
     def __call__(self, inputs: Any) -> torch.Tensor:
         return self._extract(split_inputs(inputs), skip_unreadable=False).features
 
-    def extract_paths(self, paths: Sequence[str | os.PathLike], skip_unreadable: bool = True) -> PathFeatures:
+    def extract_paths(self, paths: Sequence[str | os.PathLike], skip_unreadable: bool = True,
+                      progress: Progress | None = None) -> PathFeatures:
         """Features of image files; with ``skip_unreadable`` a file that cannot be read or decoded (missing,
         corrupt, not an image) is left out and listed with the reason instead of stopping the batch, which
-        is what a long extraction over many crops needs. Without it, the first such file raises."""
-        return self._extract([Path(p) for p in paths], skip_unreadable)
+        is what a long extraction over many crops needs. Without it, the first such file raises.
+        ``progress`` is told of every batch (count, rate, ETA)."""
+        return self._extract([Path(p) for p in paths], skip_unreadable, progress)
 
     @torch.inference_mode()
-    def _extract(self, items: list[Any], skip_unreadable: bool) -> PathFeatures:
+    def _extract(self, items: list[Any], skip_unreadable: bool, progress: Progress | None = None) -> PathFeatures:
         features = [torch.empty(0, self.feat_dim)]
         kept, unreadable = [], []
         decode = self._decode_or_reason if skip_unreadable else self.preprocess.decode
@@ -93,6 +96,8 @@ class FeatureExtractor:
                     else:
                         kept.append(item)
                         images.append(decoded)
+                if progress is not None:
+                    progress.update(len(chunk))
                 if not images:
                     continue
                 batch = torch.stack([self.preprocess.to_model_input(image).to(self.device) for image in images])

@@ -13,12 +13,9 @@ are not read at all; their number is reported (``FolderFeatures.others``).
 
 from __future__ import annotations
 
-import sys
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TextIO
 
 import numpy as np
 
@@ -26,7 +23,7 @@ from reid.export.extractor import FeatureExtractor
 from reid.export.image_files import check_writable_file, describe_others, parse_identity, scan_images
 from reid.utils.errors import DatasetError, ReIDError
 
-ProgressCallback = Callable[[int, int], None]  # (images done, total)
+ProgressCallback = Callable[[int, int], None]  # (images done, total), e.g. a reid.utils.progress.Progress.set
 
 
 @dataclass
@@ -103,25 +100,3 @@ def check_output_path(path: str | Path) -> Path:
     if path.is_dir():
         raise ReIDError(f"Output {path} is a folder; give a file name such as {path / 'features.npz'}.")
     return check_writable_file(path)
-
-
-class ProgressPrinter:
-    """Prints ``done/total images, images/s, ETA``: in place on a terminal, every ``period`` seconds otherwise."""
-
-    def __init__(self, label: str = "extract", stream: TextIO = sys.stderr, period: float = 10.0) -> None:
-        self.label, self.stream, self.period = label, stream, period
-        self.start = time.perf_counter()
-        self.last_print = -float("inf")
-
-    def __call__(self, done: int, total: int) -> None:
-        now = time.perf_counter()
-        tty = self.stream.isatty()
-        if done < total and not tty and now - self.last_print < self.period:
-            return
-        self.last_print = now
-        rate = done / max(now - self.start, 1e-9)
-        eta = (total - done) / rate if rate > 0 else 0.0
-        line = (f"{self.label}: {done}/{total} images, {rate:.1f} images/s, "
-                f"ETA {int(eta) // 60}:{int(eta) % 60:02d}")
-        end = "\n" if done >= total or not tty else ""
-        print(("\r" if tty else "") + line, end=end, file=self.stream, flush=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -12,6 +13,7 @@ from reid.evaluation.rank import compute_distance_matrix
 from reid.export.extractor import FeatureExtractor
 from reid.export.image_files import scan_images
 from reid.utils.errors import DatasetError, ReIDError
+from reid.utils.progress import Progress
 
 QUERY_BLOCK = 256  # queries per distance block: bounds memory at QUERY_BLOCK x gallery floats
 METRICS = ("cosine", "euclidean")
@@ -101,8 +103,10 @@ def rank_images(extractor: FeatureExtractor, images: SearchImages, k: int = 10, 
     """
     check_search_settings(k, metric)
     metric = metric or extractor.cfg.TEST.METRIC
-    queries = extractor.extract_paths(images.queries, skip_unreadable=not strict)
-    gallery = extractor.extract_paths(images.gallery, skip_unreadable=not strict)
+    with Progress("extract queries", len(images.queries), stream=sys.stderr) as progress:
+        queries = extractor.extract_paths(images.queries, skip_unreadable=not strict, progress=progress)
+    with Progress("extract gallery", len(images.gallery), stream=sys.stderr) as progress:
+        gallery = extractor.extract_paths(images.gallery, skip_unreadable=not strict, progress=progress)
     unreadable = queries.unreadable + gallery.unreadable
     for name, found, read in (("query", images.queries, queries), ("gallery", images.gallery, gallery)):
         if not read.paths:

@@ -267,6 +267,11 @@ class TrainingETA:
     def evaluation_started(self) -> None:
         self._eval_start = self.clock()
 
+    @property
+    def timing_evaluation(self) -> bool:
+        """Between :meth:`evaluation_started` and :meth:`evaluation_finished`."""
+        return self._eval_start is not None
+
     def evaluation_finished(self, epoch: int | None = None) -> None:
         """An evaluation ended (``epoch``: the 1-based epoch it followed; default the next pending one)."""
         now = self.clock()

@@ -16,6 +16,8 @@ from reid.data.datasets.base import (
     build_dataset,
     check_datasets,
     check_fingerprints,
+    dataset_key,
+    dataset_source,
     fingerprint_dataset,
 )
 
@@ -33,5 +35,7 @@ __all__ = [
     "build_dataset",
     "check_datasets",
     "check_fingerprints",
+    "dataset_key",
+    "dataset_source",
     "fingerprint_dataset",
 ]

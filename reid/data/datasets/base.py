@@ -17,13 +17,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar, NamedTuple
 
+from reid.config import ComponentRegistry
 from reid.utils.errors import DatasetError
 from reid.utils.paths import describe_path_problem
-from reid.utils.registry import Registry
 
 logger = logging.getLogger("reid.data")
 
-DATASET_REGISTRY = Registry("dataset")
+#: Datasets by name (``DATASETS.TRAIN`` / ``DATASETS.TEST``); a family such as ``csv:<path>`` keeps its
+#: argument. Names are not checked when a config loads (a stored config may name data this machine lacks):
+#: :func:`check_datasets` checks them, with the folders, when a run starts.
+DATASET_REGISTRY = ComponentRegistry("dataset")
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
 README_HINT = "datasets/README.md says where to get each dataset and how to lay it out."
@@ -137,9 +140,14 @@ class DatasetSource(ABC):
         README_HINT  # where the data comes from; "{root}" is replaced by DATASETS.ROOT
     )
 
-    def __init__(self, name: str, root: str | os.PathLike) -> None:
+    def __init__(self, name: str, root: str | os.PathLike, *, needed: Sequence[str] = ("train", "query", "gallery"),
+                 num_instances: int | None = None) -> None:
         self.name = name
         self.root = Path(root)
+        # What the caller will read (a training run: train; an evaluation: query and gallery) and the PK
+        # sampler's images per identity: sources whose layout may lack a subset (a CSV list) check against them.
+        self.needed = tuple(needed)
+        self.num_instances = num_instances
 
     @abstractmethod
     def structure_problems(self, folder: Path) -> list[str]:
@@ -237,10 +245,21 @@ class MarketStyleSource(DatasetSource):
         return records
 
 
-def build_dataset(name: str, root: str | os.PathLike, verbose: bool = True) -> ReIDDataset:
+def dataset_key(name: str) -> str:
+    """How a dataset name is compared and shown: registered names are case-insensitive (``Market1501``);
+    a family member's argument keeps its case (``csv:/data/Mine.csv`` names a file)."""
+    return name if DATASET_REGISTRY.lookup(name).argument is not None else name.lower()
+
+
+def dataset_source(name: str, root: str | os.PathLike, **requirements: object) -> DatasetSource:
+    """The source of the registered dataset ``name`` (an unknown name fails here, listing the registered ones);
+    ``requirements``: ``needed`` subsets and ``num_instances``, see :class:`DatasetSource`."""
+    return DATASET_REGISTRY.lookup(name).obj(dataset_key(name), root, **requirements)  # type: ignore[operator]
+
+
+def build_dataset(name: str, root: str | os.PathLike, verbose: bool = True, **requirements: object) -> ReIDDataset:
     """Parse the registered dataset ``name`` under ``root`` (DATASETS.ROOT); logs its summary when verbose."""
-    source_cls = DATASET_REGISTRY.get(name)
-    dataset = source_cls(name.lower(), root).load()  # type: ignore[operator]
+    dataset = dataset_source(name, root, **requirements).load()
     if verbose:
         logger.info("%s", dataset.summary())
     return dataset
@@ -250,9 +269,9 @@ def check_datasets(names: Iterable[str], root: str | os.PathLike) -> None:
     """Fail fast (folder structure only, no parsing) if a named dataset is unknown, missing or incomplete."""
     problems = []
     for name in dict.fromkeys(names):  # a dataset both trained and tested on is reported once
-        source_cls = DATASET_REGISTRY.get(name)  # an unknown name fails here, listing the registered ones
+        source = dataset_source(name, root)
         try:
-            source_cls(name.lower(), root).locate()  # type: ignore[operator]
+            source.locate()
         except DatasetError as exc:
             problems.append(str(exc))
     if problems:

@@ -35,6 +35,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from reid.data.datasets.base import (
+    DATASET_REGISTRY,
     DISTRACTOR_PID,
     JUNK_PID,
     DatasetSource,
@@ -72,6 +73,7 @@ def csv_path_of(name: str) -> Path:
     return Path(path).expanduser()
 
 
+@DATASET_REGISTRY.register("csv", family=True)
 class CsvListSource(DatasetSource):
     """A dataset listed in a CSV file (see the module's documentation for the format).
 
@@ -90,13 +92,11 @@ class CsvListSource(DatasetSource):
 
     def __init__(self, name: str, root: str | os.PathLike, csv_path: str | os.PathLike | None = None, *,
                  num_instances: int | None = None, needed: Sequence[str] = SPLITS) -> None:
-        super().__init__(name, root)
+        super().__init__(name, root, needed=needed, num_instances=num_instances)
         self.csv_path = Path(csv_path) if csv_path is not None else csv_path_of(name)
         unknown = [s for s in needed if s not in SPLITS]
         if unknown:
             raise ValueError(f"unknown splits {unknown}; use some of {SPLITS}")
-        self.num_instances = num_instances
-        self.needed = tuple(needed)
 
     # -------------------------------------------------------------------------- DatasetSource API
     def structure_problems(self, folder: Path) -> list[str]:

@@ -85,7 +85,8 @@ def _run_cell(cell: Cell, requested: dict, steps: int) -> None:
         model = load_model(cell.last, cfg, device=device).model
     # Each run draws from its own per-image generators: the entries are those a full run would give.
     triptychs = AttackOutputs(cfg.DATASETS.ROOT, STUDY_TRIPTYCHS, cell.run_dir / "attacks", save_adv=None)
-    attacked = evaluate_attacks(cfg, model, [record.source], missing, steps, device, on_batch=triptychs)
+    attacked = evaluate_attacks(cfg, model, [record.source], missing, steps, device, on_batch=triptychs.on_batch,
+                                on_result=triptychs.on_result)
     for run, row in attacked[record.source]["attacks"].items():
         record.add(run, row, requested[run])
     write_record(record_path, record)

@@ -36,6 +36,7 @@ from reid.experiments.synthetic.domains import (
 )
 from reid.experiments.synthetic.render import render_distractor, render_junk, render_person
 from reid.utils.errors import ReIDError
+from reid.utils.progress import Progress
 
 logger = logging.getLogger(__name__)
 
@@ -188,13 +189,16 @@ def _limit_worker_threads() -> None:
 
 def _write_images(jobs: list[_ImageJob], cameras: list[Camera], dataset_dir: Path, workers: int) -> None:
     render = partial(_render_job, cameras, dataset_dir)
+    progress = Progress(f"render {dataset_dir.name}", len(jobs), logger=logger)
     if workers == 1:
         for job in jobs:
             render(job)
-        return
-    with Pool(workers, initializer=_limit_worker_threads) as pool:
-        for _ in pool.imap_unordered(render, jobs, chunksize=32):
-            pass
+            progress.update()
+    else:
+        with Pool(workers, initializer=_limit_worker_threads) as pool:
+            for _ in pool.imap_unordered(render, jobs, chunksize=32):
+                progress.update()
+    progress.close()
 
 
 def read_manifest(dataset_dir: str | Path) -> dict | None:
