@@ -198,3 +198,20 @@ def test_family_names_resolve_in_the_registry():
     assert "timm:mobilenetv3_small_050" in BACKBONE_REGISTRY and "timm:" not in BACKBONE_REGISTRY
     with pytest.raises(ConfigError, match="MODEL.BACKBONE holds 'resnet5'.*'resnet50'"):
         load_config(None, ["MODEL.BACKBONE", "resnet5"])
+
+
+def test_already_normalised_images_are_detected_once(caplog):
+    cfg = load_config(None, ["MODEL.BACKBONE", "resnet18", "MODEL.PRETRAINED", "False"])
+    model = build_model(cfg, num_classes=0).eval()
+    images = torch.rand(2, 3, 64, 32)
+    with caplog.at_level("WARNING", logger="reid.modeling"), torch.no_grad():
+        model(images)  # RGB in [0, 1]: as expected
+        assert "expects RGB in [0, 1]" not in caplog.text
+        fresh = build_model(cfg, num_classes=0).eval()
+        normalised = (images - model.pixel_mean) / model.pixel_std  # what torchreid's loaders hand over
+        fresh(normalised)
+        fresh(normalised)
+    assert caplog.text.count("expects RGB in [0, 1]") == 1  # said once, not per batch
+    with caplog.at_level("WARNING", logger="reid.modeling"):
+        build_model(cfg, num_classes=0).train()(normalised)  # training batches come from our own loaders
+    assert caplog.text.count("expects RGB in [0, 1]") == 1

@@ -158,3 +158,26 @@ def test_a_full_disk_while_saving_is_one_message(synthetic_root, tmp_path):
     assert "last.pth" in message and "EFBIG" in message and "Traceback" not in err
     assert not list(out.glob(".*.tmp")) and not (out / "last.pth").exists()
     assert "inline_container" not in err  # the message is ours, not torch's "unexpected pos"
+
+
+def test_ctrl_c_says_which_checkpoint_holds_the_work_and_how_to_continue(synthetic_root, tmp_path, monkeypatch,
+                                                                         capsys):
+    from reid.engine.hooks import Checkpointer
+    from reid.utils.cli import run_cli
+
+    save = Checkpointer.after_epoch
+
+    def interrupted_after_the_first_checkpoint(self):
+        save(self)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Checkpointer, "after_epoch", interrupted_after_the_first_checkpoint)
+    out = tmp_path / "run"
+    cfg = load_config("bot_synthetic.yml", tiny_train_opts(synthetic_root, out, "DATASETS.TEST", "synthetic_market"))
+    monkeypatch.setattr(sys, "argv", ["tools/train.py", "--config", "bot_synthetic.yml", "SOLVER.MAX_EPOCHS", "2"])
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli(lambda: train(cfg))
+    assert exit_info.value.code == 130
+    err = " ".join(capsys.readouterr().err.split())
+    assert f"{out / 'last.pth'}" in err and "epoch 1" in err
+    assert "python tools/train.py --resume --config bot_synthetic.yml SOLVER.MAX_EPOCHS 2" in err

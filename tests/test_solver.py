@@ -58,3 +58,9 @@ def test_bias_lr_factor_reaches_normalisation_biases():
     groups = {id(p): (g["lr"], g["weight_decay"]) for g in parameter_groups(cfg, norm) for p in g["params"]}
     lr = cfg.SOLVER.BASE_LR
     assert groups[id(norm.weight)] == (lr, 0.0) and groups[id(norm.bias)] == (2 * lr, 0.0)
+
+
+def test_constant_schedule_keeps_the_base_lr_after_warm_up():
+    cfg = load_config(None, ["SOLVER.SCHED", "constant", "SOLVER.WARMUP_EPOCHS", "2", "SOLVER.WARMUP_FACTOR", "0.1"])
+    assert lr_factor(cfg, 0.0) == pytest.approx(0.1) and lr_factor(cfg, 1.0) == pytest.approx(0.55)
+    assert [lr_factor(cfg, e) for e in (2.0, 40.0, 119.9)] == [1.0, 1.0, 1.0]  # no decay at SOLVER.STEPS

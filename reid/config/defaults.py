@@ -73,7 +73,7 @@ _C.SOLVER.WEIGHT_DECAY = 5e-4  # weight decay of conv/linear weights
 _C.SOLVER.WEIGHT_DECAY_NORM = 5e-4  # weight decay of normalisation-layer parameters
 _C.SOLVER.WEIGHT_DECAY_BIAS = 5e-4  # weight decay of biases
 _C.SOLVER.BIAS_LR_FACTOR = 1.0  # lr multiplier of biases (BoT: 1; detectron2 often 2)
-_C.SOLVER.SCHED = "multistep"  # "multistep" (BoT) or "cosine"
+_C.SOLVER.SCHED = "multistep"  # "multistep" (BoT), "cosine" or "constant" (BASE_LR after the warm-up)
 _C.SOLVER.STEPS = (40, 70)  # multistep: epochs where the lr is multiplied by GAMMA
 _C.SOLVER.GAMMA = 0.1  # multistep decay factor
 _C.SOLVER.MIN_LR_FACTOR = 0.0  # cosine: final lr as a fraction of BASE_LR
@@ -114,7 +114,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "MODEL.NECK": ("bnneck", "none"),
     "MODEL.NECK_FEAT": ("after", "before"),
     "MODEL.POOLING": ("avg", "gem"),
-    "SOLVER.SCHED": ("multistep", "cosine"),
+    "SOLVER.SCHED": ("multistep", "cosine", "constant"),
     "SOLVER.AMP_DTYPE": ("bf16", "fp16"),
     "DATALOADER.SAMPLER": ("pk", "random"),
     "TEST.METRIC": ("cosine", "euclidean"),

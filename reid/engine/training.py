@@ -23,6 +23,7 @@ from reid.modeling.checkpoint import load_state_checked
 from reid.solver import build_lr_scheduler, build_optimizer
 from reid.utils import comm
 from reid.utils.checkpoint import load_checkpoint
+from reid.utils.cli import command_line
 from reid.utils.env import seed_everything
 from reid.utils.errors import CheckpointError, summarize_exception
 
@@ -105,13 +106,25 @@ def _train(cfg: CfgNode, folder: RunFolder, resume: bool) -> dict:
     if comm.get_world_size() > 1:
         trainer.model = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None)
-    trainer.train()
+    try:
+        trainer.train()
+    except KeyboardInterrupt:
+        raise KeyboardInterrupt(interrupted_message(trainer)) from None
 
     results = evaluator.results or {}
     if comm.is_main_process():
         write_results(cfg.OUTPUT_DIR, results_document(results, best=evaluator.best, epochs=trainer.epoch + 1,
                                                        last_checkpoint=trainer.last_checkpoint))
     return results
+
+
+def interrupted_message(trainer: Trainer) -> str:
+    """What Ctrl-C during training tells: which checkpoint holds the work, and the command that continues it."""
+    if trainer.last_checkpoint is None:
+        return (f"Interrupted in epoch {trainer.epoch + 1}, before the first checkpoint: nothing was saved. Start "
+                f"again with: {command_line('--resume')}")
+    return (f"Interrupted in epoch {trainer.epoch + 1}. The work up to the last completed epoch is in "
+            f"{trainer.last_checkpoint}; continue with: {command_line('--resume')}")
 
 
 def note_sampler_filling(cfg: CfgNode, datasets: dict[str, ReIDDataset]) -> None:

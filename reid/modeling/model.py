@@ -8,6 +8,7 @@ and attacks see the plain network.
 
 from __future__ import annotations
 
+import logging
 from typing import Sequence
 
 import torch
@@ -18,6 +19,8 @@ from reid.modeling.backbones import BACKBONE_REGISTRY, Backbone
 from reid.modeling.heads import BNNeckHead
 from reid.modeling.pretrained import load_pretrained
 from reid.modeling.regularizers import attach_at_stage, build_regularizer_from_config
+
+logger = logging.getLogger("reid.modeling")
 
 
 class ReIDModel(nn.Module):
@@ -40,8 +43,26 @@ class ReIDModel(nn.Module):
         return self.backbone.out_channels
 
     def forward(self, images: torch.Tensor) -> torch.Tensor | dict[str, torch.Tensor | None]:
+        if not self.training and not self._input_range_checked:
+            self._check_input_range(images)
         x = (images - self.pixel_mean) / self.pixel_std
         return self.head(self.backbone(x))
+
+    _input_range_checked = False
+
+    def _check_input_range(self, images: torch.Tensor) -> None:
+        """Warn once when inference images are not in [0, 1]: most likely they were mean/std-normalised already
+        (as torchreid's and fast-reid's loaders do), and this model would normalise them a second time."""
+        if torch.jit.is_tracing() or torch.compiler.is_compiling():
+            return  # an export or a compiled graph: no data-dependent Python check may enter it
+        self._input_range_checked = True
+        low, high = (float(v) for v in torch.aminmax(images.detach().float()))
+        if low < -0.01 or high > 1.01:
+            logger.warning(
+                f"{type(self).__name__} got images with values from {low:.3g} to {high:.3g}; it expects RGB in [0, 1] "
+                "and normalises them itself with MODEL.PIXEL_MEAN/PIXEL_STD. Images already normalised (or in "
+                "0-255) are normalised a second time and give wrong features: pass them unnormalised, divided by "
+                "255. (Checked on the first batch in eval mode only.)")
 
 
 def build_model(cfg: CfgNode, num_classes: int, load_imagenet: bool | None = None) -> ReIDModel:

@@ -1,4 +1,5 @@
-"""Learning-rate schedule: linear warm-up (stepped per iteration), then multistep or cosine decay."""
+"""Learning-rate schedule: linear warm-up (stepped per iteration), then multistep or cosine decay, or none
+(``constant``)."""
 
 from __future__ import annotations
 
@@ -15,7 +16,9 @@ def lr_factor(cfg: CfgNode, epoch: float) -> float:
     multistep with STEPS (40, 70) gives 0.1x from the first iteration of epoch 40 (0-based) on.
     """
     s = cfg.SOLVER
-    if s.SCHED == "cosine":
+    if s.SCHED == "constant":
+        decay = 1.0
+    elif s.SCHED == "cosine":
         start = s.WARMUP_EPOCHS
         progress = min(max(epoch - start, 0.0) / max(s.MAX_EPOCHS - start, 1e-12), 1.0)
         decay = s.MIN_LR_FACTOR + (1 - s.MIN_LR_FACTOR) * 0.5 * (1 + math.cos(math.pi * progress))

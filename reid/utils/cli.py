@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 import textwrap
+from pathlib import Path
 from typing import Callable
 
 from reid.utils.errors import ReIDError
@@ -24,15 +26,19 @@ def run_cli(main: Callable[[], object]) -> None:
         target = exc.filename if exc.filename2 is None else f"{exc.filename} -> {exc.filename2}"
         _print_error(f"Cannot access {target}: {exc.strerror or exc}. Check the path and its permissions.")
         sys.exit(ReIDError.exit_code)  # a path the user gave: an input error like any other
-    except KeyboardInterrupt:
-        print("\nInterrupted.", file=sys.stderr)
+    except KeyboardInterrupt as exc:
+        # A long command re-raises Ctrl-C with where its work is and how to continue (e.g. training's checkpoint).
+        text = textwrap.fill(str(exc), width=100, break_on_hyphens=False, break_long_words=False)
+        print("\n" + (text or "Interrupted."), file=sys.stderr)
         sys.exit(130)
 
 
 def _print_error(message: str) -> None:
     """The message's first line as a wrapped paragraph; later lines (a table, a list) kept as they are."""
     first, *rest = message.splitlines() or [""]
-    lines = ["Error: " + textwrap.fill(first, width=100, subsequent_indent="  ")] + ["  " + line for line in rest]
+    # Paths are never split (at a hyphen or inside a long name): a path in a message must stay copyable.
+    wrapped = textwrap.fill(first, width=100, subsequent_indent="  ", break_on_hyphens=False, break_long_words=False)
+    lines = ["Error: " + wrapped] + ["  " + line for line in rest]
     print("\n" + "\n".join(lines), file=sys.stderr)
 
 
@@ -82,3 +88,13 @@ def add_extractor_arguments(parser: argparse.ArgumentParser) -> argparse.Argumen
     parser.add_argument("--batch-size", type=int, default=64, help="images per forward pass (default 64)")
     parser.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: CUDA when available)")
     return parser
+
+
+def command_line(option: str = "") -> str:
+    """How this process was started, to repeat it, with ``option`` (e.g. ``--resume``) added when missing:
+    right after the program, since everything after the first KEY VALUE override is read as overrides."""
+    program = Path(sys.argv[0])
+    words = ["python", str(program)] if program.suffix == ".py" else [program.name]
+    if option and option not in sys.argv[1:]:
+        words.append(option)
+    return " ".join(shlex.quote(word) for word in words + sys.argv[1:])

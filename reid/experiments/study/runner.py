@@ -30,6 +30,7 @@ from reid.experiments.study.report import markdown_table
 from reid.experiments.study.spec import StudySpec, check_arms, requested_runs, source_domain
 from reid.experiments.study.statistics import aggregate, long_rows
 from reid.modeling import load_model
+from reid.utils.cli import command_line
 from reid.utils.env import resolve_device
 from reid.utils.errors import ConfigError, ReIDError
 from reid.utils.fsio import atomic_write_text
@@ -50,7 +51,13 @@ def run_study(spec: StudySpec, extra_opts: Sequence[str] = ()) -> Path:
         for index, cell in enumerate(cells, 1):
             logger.info(f"[study {spec.name}] cell {index}/{len(cells)}: {cell.arm}, seed {cell.seed} "
                         f"({(time.perf_counter() - start) / 60:.1f} min elapsed)")
-            _run_cell(cell, requested, spec.steps)
+            try:
+                _run_cell(cell, requested, spec.steps)
+            except KeyboardInterrupt:
+                raise KeyboardInterrupt(
+                    f"Interrupted in cell {index}/{len(cells)} ({cell.arm}, seed {cell.seed}). Finished cells are "
+                    f"kept and this one continues from {cell.last} when it exists: run the same command again "
+                    f"({command_line()}).") from None
         return summarize_study(spec, extra_opts)
 
 
