@@ -1,5 +1,9 @@
 """CSV dataset lists: reading (paths, ids, cameras), the up-front checks and their messages, writing from a folder."""
 
+import json
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import cv2
@@ -9,6 +13,7 @@ import pytest
 from reid.data.datasets import build_dataset
 from reid.data.datasets.csv_list import CsvListSource, csv_path_of, is_csv_name, write_market_csv
 from reid.utils.errors import DatasetError
+from tests.conftest import tiny_train_opts
 
 
 @pytest.fixture
@@ -127,3 +132,22 @@ def test_written_from_a_market_folder_gives_the_same_dataset(synthetic_root, tmp
     assert not any("-1_" in r for r in lines)  # junk left out
     with pytest.raises(DatasetError, match="no bounding_box_train"):
         write_market_csv(tmp_path)
+
+
+@pytest.mark.slow
+def test_a_csv_list_trains_and_evaluates_from_the_config_alone(synthetic_root, tmp_path):
+    """``csv:PATH`` in DATASETS.TRAIN / DATASETS.TEST, as the README shows: no Python, the name keeps its case."""
+    folder = tmp_path / "Mine"
+    shutil.copytree(synthetic_root / "synthetic_market", folder)
+    listed = write_market_csv(folder)  # Mine/dataset.csv
+    name = f"csv:{listed}"
+    repo = Path(__file__).resolve().parents[1]
+    out = tmp_path / "run"
+    done = subprocess.run([sys.executable, str(repo / "tools" / "train.py"), "--config", "bot_synthetic.yml",
+                           *tiny_train_opts(synthetic_root, out, "SOLVER.MAX_EPOCHS", "1", "DATASETS.TRAIN",
+                                            f"('{name}',)", "DATASETS.TEST", f"('{name}',)")],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    results = json.loads((out / "results.json").read_text())["results"]
+    expected = build_dataset("synthetic_market", synthetic_root, verbose=False)
+    assert list(results) == [name] and results[name]["images"]["query"] == len(expected.query)
