@@ -301,7 +301,8 @@ def test_run_writes_results_pictures_and_an_evaluable_adversarial_set(synthetic_
     pictures = sorted((tmp_path / "out" / "attacks" / "synthetic_market").glob("pgd_metric_eps8_*.png"))
     assert len(pictures) == 2
     picture = cv2.imread(str(pictures[0]))
-    assert picture is not None and picture.shape[:2] == (32, 3 * 16 + 2 * 4)
+    # Readable: the 32x16 query upscaled (nearest neighbour) to at least 256 px high, three labelled panels.
+    assert picture is not None and picture.shape[0] >= 256 and picture.shape[1] >= 3 * 128
 
     # The saved set parses like the original, with PNG queries within the budget of the clean ones.
     original = build_dataset("synthetic_market", synthetic_root, verbose=False)

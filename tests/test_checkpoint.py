@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 
+from reid.export.torchscript import export_torchscript
 from reid.utils.checkpoint import atomic_save, get_rng_state, load_checkpoint, set_rng_state
 from reid.utils.errors import CheckpointError
 
@@ -67,7 +68,7 @@ def test_folder_and_torchscript_export_are_named_for_what_they_are(tmp_path):
     with pytest.raises(CheckpointError, match="is a folder"):
         load_checkpoint(tmp_path)
     scripted = tmp_path / "model.pt"
-    torch.jit.save(torch.jit.script(torch.nn.Linear(2, 2)), scripted)
+    export_torchscript(torch.nn.Conv2d(3, 2, 1), scripted, (4, 4))  # traced, as tools/export.py writes them
     with pytest.raises(CheckpointError, match="TorchScript export"):
         load_checkpoint(scripted)
 

@@ -323,7 +323,7 @@ def test_search_cli_checks_every_argument_before_loading_the_model(setup, tmp_pa
         assert code != 0 and "Traceback" not in err
         return err
 
-    assert "topk must be at least 1" in error(*weights, *query, "--gallery", str(folder), "--topk", "0")
+    assert "topk must be between 1 and 1000" in error(*weights, *query, "--gallery", str(folder), "--topk", "0")
     assert "ranks.txt" in error(*weights, *query, "--gallery", str(folder), "--vis", str(tmp_path / "ranks.txt"))
     assert "no_gallery" in error(*weights, *query, "--gallery", str(tmp_path / "no_gallery"))
     assert "nobody.jpg" in error(*weights, "--query", str(tmp_path / "nobody.jpg"), "--gallery", str(folder))

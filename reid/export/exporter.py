@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import copy
 import os
+from contextlib import nullcontext
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +22,7 @@ from pathlib import Path
 import torch
 from yacs.config import CfgNode
 
-from reid.engine.run import lock_output
+from reid.engine.run import RunFolder, lock_output
 from reid.export import onnx_export, torchscript
 from reid.export.exportable import ExportableReID, load_exportable
 from reid.export.image_files import check_writable_file, find_images
@@ -88,7 +89,10 @@ def export_model(weights: str | Path, output: str | Path, fmt: str, config: str 
     if output.is_dir():
         raise ReIDError(f"Export output {output} is a folder; give a file name such as {output / 'model.onnx'}.")
     check_writable_file(output)  # before the model is loaded and exported, not after
-    with lock_output(output.parent):  # no other command writes into this folder meanwhile
+    # Into a run's folder, the export takes the folder's lock like any command that writes there; any other
+    # folder is left without a lock file.
+    in_run_folder = bool(RunFolder(output.parent).run_files())
+    with lock_output(output.parent) if in_run_folder else nullcontext():
         return _export(weights, output, fmt, config, opts, batch, half, opset, verify_images)
 
 
