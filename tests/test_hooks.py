@@ -50,7 +50,7 @@ def test_best_checkpoint_follows_the_configured_metric(tmp_path, metric, best_ep
               3: {"R1": 0.7, "mAP": 0.4, "mINP": 0.1}}
     calls = []
 
-    def evaluate(model):
+    def evaluate(model, final=False):
         calls.append(len(calls) + 1)
         return {"source": scores[len(calls)], "target": {"R1": 1.0, "mAP": 1.0, "mINP": 1.0}}
 
@@ -66,7 +66,7 @@ def test_best_checkpoint_follows_the_configured_metric(tmp_path, metric, best_ep
 
 
 def test_failed_evaluation_keeps_the_epochs_checkpoint(tmp_path):
-    def evaluate(model):
+    def evaluate(model, final=False):
         raise RuntimeError("gallery image unreadable")
 
     trainer = make_trainer(tmp_path, evaluate, "SOLVER.MAX_EPOCHS", "1")
@@ -76,8 +76,8 @@ def test_failed_evaluation_keeps_the_epochs_checkpoint(tmp_path):
 
 
 def test_logged_lr_is_the_lr_the_step_trained_with(tmp_path):
-    trainer = make_trainer(tmp_path, lambda m: {"s": {"R1": 0, "mAP": 0, "mINP": 0}}, "SOLVER.MAX_EPOCHS", "3",
-                           "TEST.EVAL_PERIOD", "0")
+    trainer = make_trainer(tmp_path, lambda m, final=False: {"s": {"R1": 0, "mAP": 0, "mINP": 0}},
+                           "SOLVER.MAX_EPOCHS", "3", "TEST.EVAL_PERIOD", "0")
     trainer.train()
     records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     lrs = {r["iter"]: r["lr"] for r in records if r["type"] == "train"}
@@ -118,7 +118,7 @@ def test_tensorboard_curves_continue_without_duplicates_after_resume(tmp_path):
     pytest.importorskip("tensorboard")
     from reid.engine.hooks import TensorBoardWriter
 
-    def evaluate(model):
+    def evaluate(model, final=False):
         return {"source": {"R1": 0.5, "mAP": 0.4, "mINP": 0.1}}
 
     trainer = make_trainer(tmp_path, evaluate, "SOLVER.MAX_EPOCHS", "2", "TEST.EVAL_PERIOD", "1")

@@ -106,9 +106,10 @@ class Checkpointer(HookBase):
 class PeriodicEvaluator(HookBase):
     """Evaluate every TEST.EVAL_PERIOD epochs and after the last; keep ``best.pth`` by TEST.BEST_METRIC.
 
-    ``evaluate`` maps the model to ``{dataset: {metric: value}}``; the best is judged on the first
-    dataset of DATASETS.TEST (the source domain in the shipped configs). The best so far is this hook's
-    state: it is saved in every checkpoint (``best``) and restored on ``--resume``.
+    ``evaluate(model, final)`` maps the model to ``{dataset: {metric: value}}`` (``final``: after the last
+    epoch); the best is judged on the first dataset of DATASETS.TEST (the source domain in the shipped
+    configs). The best so far is this hook's state: it is saved in every checkpoint (``best``) and restored
+    on ``--resume``.
     """
 
     def __init__(self, evaluate: Callable, period: int, metric: str, checkpointer: Checkpointer,
@@ -134,7 +135,7 @@ class PeriodicEvaluator(HookBase):
         if not (epoch == t.max_epochs or (self.period > 0 and epoch % self.period == 0)):
             return
         if comm.is_main_process():
-            results = self.evaluate(unwrap_model(t.model))
+            results = self.evaluate(unwrap_model(t.model), final=epoch == t.max_epochs)
             self.results, self.evaluated_epoch = results, epoch
             append_jsonl(self.metrics_path, {"type": "eval", "epoch": epoch, "results": results})
             dataset, first = next(iter(results.items()))

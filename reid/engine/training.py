@@ -10,7 +10,7 @@ import torch
 from yacs.config import CfgNode
 
 from reid.config import save_config
-from reid.data import build_train_loader, check_datasets
+from reid.data import TrainData, build_train_loader, check_datasets
 from reid.data.datasets import ReIDDataset
 from reid.engine.dataset_record import DatasetRecord
 from reid.engine.hooks import Checkpointer, PeriodicEvaluator, ProgressLogger, TensorBoardWriter
@@ -57,42 +57,9 @@ def _train(cfg: CfgNode, folder: RunFolder, resume: bool) -> dict:
     # Every dataset the run will touch is checked now, not after hours of training.
     check_datasets(tuple(cfg.DATASETS.TRAIN) + tuple(cfg.DATASETS.TEST), cfg.DATASETS.ROOT)
     seed_everything(cfg.SEED)
-
     data = build_train_loader(cfg, comm.get_rank(), comm.get_world_size())
     note_sampler_filling(cfg, data.datasets)
-    model = build_model(cfg, data.num_classes).to(device)
-    if device.type == "cuda" and cfg.SOLVER.CHANNELS_LAST:
-        model = model.to(memory_format=torch.channels_last)
-    criterion = ReIDLoss(cfg, data.num_classes, model.feat_dim).to(device)
-    optimizer = build_optimizer(cfg, model)
-    scheduler = build_lr_scheduler(cfg, optimizer, len(data))
-
-    record = DatasetRecord(cfg, data.datasets)
-    checkpointer = Checkpointer(cfg.OUTPUT_DIR, cfg.SOLVER.CHECKPOINT_PERIOD, {"num_classes": data.num_classes})
-
-    def evaluate(evaluated_model: torch.nn.Module) -> dict:
-        """Each evaluation checks the test sets against the run's record; the last one also writes report.html."""
-        final = trainer.epoch + 1 == trainer.max_epochs and cfg.TEST.REPORT
-        reports = {}
-
-        def report(name, extracted, results, row) -> None:
-            reports[name] = dataset_report(cfg, name, extracted, results)
-
-        table = evaluate_datasets(cfg, evaluated_model, device, recorded=record.test_sets(),
-                                  on_dataset=report if final else None)
-        if reports:
-            page = write_evaluation_report(cfg, reports, f"{cfg.OUTPUT_DIR}, epoch {trainer.epoch + 1}")
-            logger.info(f"Wrote {page} (open it in a browser)")
-        return table
-
-    evaluator = PeriodicEvaluator(evaluate, cfg.TEST.EVAL_PERIOD, cfg.TEST.BEST_METRIC, checkpointer, cfg.OUTPUT_DIR)
-    # The checkpointer runs before the evaluator: an evaluation that fails (an unreadable gallery
-    # image, out of memory) never costs the epoch's weights.
-    progress = ProgressLogger(cfg.OUTPUT_DIR, cfg.SOLVER.LOG_PERIOD, cfg.SOLVER.IMS_PER_BATCH, cfg.TEST.EVAL_PERIOD)
-    hooks = [record, progress, checkpointer, evaluator]
-    if cfg.SOLVER.TENSORBOARD:
-        hooks.append(TensorBoardWriter(cfg.OUTPUT_DIR, cfg.SOLVER.LOG_PERIOD, evaluator))
-    trainer = Trainer(cfg, model, criterion, optimizer, scheduler, data, device, hooks=hooks)
+    trainer, record, evaluator = build_trainer(cfg, data, device)
     if resume:
         _resume(trainer, folder)
         if trainer.start_epoch >= trainer.max_epochs:
@@ -102,20 +69,61 @@ def _train(cfg: CfgNode, folder: RunFolder, resume: bool) -> dict:
     if comm.is_main_process():
         save_config(cfg, folder.path / CONFIG_NAME)
         record.write(folder.path)
-
     if comm.get_world_size() > 1:
         trainer.model = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None)
+            trainer.model, device_ids=[device.index] if device.type == "cuda" else None)
     try:
         trainer.train()
     except KeyboardInterrupt:
         raise KeyboardInterrupt(interrupted_message(trainer)) from None
-
     results = evaluator.results or {}
     if comm.is_main_process():
         write_results(cfg.OUTPUT_DIR, results_document(results, best=evaluator.best, epochs=trainer.epoch + 1,
                                                        last_checkpoint=trainer.last_checkpoint))
     return results
+
+
+def build_trainer(cfg: CfgNode, data: TrainData, device: torch.device
+                  ) -> tuple[Trainer, DatasetRecord, PeriodicEvaluator]:
+    """The model, losses, optimiser, schedule and hooks of a run, in a trainer (and the hooks the run reads)."""
+    model = build_model(cfg, data.num_classes).to(device)
+    if device.type == "cuda" and cfg.SOLVER.CHANNELS_LAST:
+        model = model.to(memory_format=torch.channels_last)
+    criterion = ReIDLoss(cfg, data.num_classes, model.feat_dim).to(device)
+    optimizer = build_optimizer(cfg, model)
+    scheduler = build_lr_scheduler(cfg, optimizer, len(data))
+    record = DatasetRecord(cfg, data.datasets)
+    checkpointer = Checkpointer(cfg.OUTPUT_DIR, cfg.SOLVER.CHECKPOINT_PERIOD, {"num_classes": data.num_classes})
+    evaluator = PeriodicEvaluator(RunEvaluation(cfg, device, record), cfg.TEST.EVAL_PERIOD, cfg.TEST.BEST_METRIC,
+                                  checkpointer, cfg.OUTPUT_DIR)
+    # The checkpointer runs before the evaluator: an evaluation that fails (an unreadable gallery
+    # image, out of memory) never costs the epoch's weights.
+    progress = ProgressLogger(cfg.OUTPUT_DIR, cfg.SOLVER.LOG_PERIOD, cfg.SOLVER.IMS_PER_BATCH, cfg.TEST.EVAL_PERIOD)
+    hooks = [record, progress, checkpointer, evaluator]
+    if cfg.SOLVER.TENSORBOARD:
+        hooks.append(TensorBoardWriter(cfg.OUTPUT_DIR, cfg.SOLVER.LOG_PERIOD, evaluator))
+    return Trainer(cfg, model, criterion, optimizer, scheduler, data, device, hooks=hooks), record, evaluator
+
+
+class RunEvaluation:
+    """A training run's evaluation: every test set checked against the run's record; the final one also
+    writes report.html."""
+
+    def __init__(self, cfg: CfgNode, device: torch.device, record: DatasetRecord) -> None:
+        self.cfg, self.device, self.record = cfg, device, record
+
+    def __call__(self, model: torch.nn.Module, final: bool = False) -> dict:
+        reports = {}
+
+        def report(name, extracted, results, row) -> None:
+            reports[name] = dataset_report(self.cfg, name, extracted, results)
+
+        table = evaluate_datasets(self.cfg, model, self.device, recorded=self.record.test_sets(),
+                                  on_dataset=report if final and self.cfg.TEST.REPORT else None)
+        if reports:
+            page = write_evaluation_report(self.cfg, reports, f"{self.cfg.OUTPUT_DIR}, final evaluation")
+            logger.info(f"Wrote {page} (open it in a browser)")
+        return table
 
 
 def interrupted_message(trainer: Trainer) -> str:
