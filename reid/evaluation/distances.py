@@ -128,12 +128,17 @@ class FeatureDistances:
 
     @property
     def block_row_bytes(self) -> int:
-        """Bytes per query row of a :meth:`block`: its float32 row of ``out``, its float32 query copy
-        (:meth:`_query_rows`) and, when the last gallery chunk is padded, its row of the product with that
-        chunk (:meth:`_chunk_distances`)."""
+        """Bytes per query row of a :meth:`block`: its float32 row of ``out`` (:meth:`block_buffer`), its
+        float32 query copy (:meth:`_query_rows`) and, when the last gallery chunk is padded, its row of the
+        float32 product with that chunk (:meth:`_chunk_distances`)."""
         padded_last = padded(self.last_width)
         tail = 4 * padded_last if padded_last != self.last_width else 0
         return 4 * self.gallery.shape[0] + self.query_row_bytes + tail
+
+    def block_buffer(self, num_rows: int) -> torch.Tensor:
+        """An uninitialised float32 ``out`` for :meth:`block` of ``num_rows`` rows (a multiple of 16 for
+        blocks of that many queries)."""
+        return torch.empty((num_rows, self.gallery.shape[0]), device=self.device)
 
     def block(self, rows: QueryRows, out: torch.Tensor) -> torch.Tensor:
         """Distances of the query ``rows`` to every gallery image, written into ``out``.
@@ -165,7 +170,7 @@ class FeatureDistances:
     def rows(self, rows: QueryRows) -> torch.Tensor:
         """A new ``len(rows) x num_gallery`` float32 tensor: the distances of the query ``rows``."""
         num = self.query_scale[_on(rows, self.device)].shape[0]
-        return self.block(rows, torch.empty((padded(num), self.gallery.shape[0]), device=self.device))
+        return self.block(rows, self.block_buffer(padded(num)))
 
     def matrix(self) -> torch.Tensor:
         """The full ``num_query x num_gallery`` distance matrix."""

@@ -132,9 +132,8 @@ def evaluate_features(
     if smallest_whole_rows <= budget:
         rows_per_block, ranking_budget = split_budget(budget, fixed_bytes, distances.block_row_bytes, num_q, device)
         block_bytes = fixed_bytes + rows_per_block * distances.block_row_bytes
-        buffer = torch.empty((rows_per_block, num_g), device=device)  # each row one of block_row_bytes
-        rank_blocks(lambda start, end, out: distances.block(slice(start, end), out=out), ids, acc, buffer,
-                    ranking_budget, block_bytes, tracker)
+        rank_blocks(lambda start, end, out: distances.block(slice(start, end), out=out), ids, acc,
+                    distances.block_buffer(rows_per_block), ranking_budget, block_bytes, tracker)
     else:
         rank_gallery_chunks(distances, ids, acc, budget - fixed_bytes, fixed_bytes, tracker)
     return acc.result(max_rank, peak_memory_bytes=tracker.peak())

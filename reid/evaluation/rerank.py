@@ -123,9 +123,8 @@ def evaluate_reranked(
     join_budget = chunk_budget(device, ranking_budget, _CPU_CHUNK_BYTES)  # the Jaccard joins like cache-sized chunks
     block_bytes = reranker.fixed_bytes + rows * reranker.block_row_bytes
     acc = MetricAccumulator(num_q, device)
-    buffer = torch.empty((rows, num_g), device=device)  # each row one of reranker.block_row_bytes
-    rank_blocks(lambda start, end, out: reranker.block(start, end, out, join_budget), ids, acc, buffer,
-                ranking_budget, block_bytes, tracker)
+    rank_blocks(lambda start, end, out: reranker.block(start, end, out, join_budget), ids, acc,
+                reranker.feats.block_buffer(rows), ranking_budget, block_bytes, tracker)
     return acc.result(max_rank, peak_memory_bytes=tracker.peak())
 
 
@@ -228,6 +227,11 @@ class _AllFeatures:
         self.row_max = torch.empty(self.num_all, device=device)  # filled by _nearest_neighbours
         self.fixed_bytes = nbytes(self.sq_norm, self.row_max)
 
+    def block_buffer(self, num_rows: int) -> torch.Tensor:
+        """An uninitialised float32 ``out`` of ``num_rows`` query rows for :meth:`query_gallery_distances`
+        (one row of :attr:`block_row_bytes` each)."""
+        return torch.empty((num_rows, self.num_all - self.num_query), device=self.device)
+
     def _chunks(self):
         for start in range(0, self.num_all, self.chunk_rows):
             yield self.rows(torch.arange(start, min(start + self.chunk_rows, self.num_all), device=self.device))
@@ -313,29 +317,20 @@ def _nearest_neighbours(feats: _AllFeatures, num_neighbours: int, budget: int, t
     best = torch.full((num_all, num_neighbours), torch.iinfo(torch.int64).max, dtype=torch.int64,
                       device=feats.device)
     feats.row_max.fill_(float("-inf"))
-
-    def merge(rows_start: int, dist: torch.Tensor, cols_start: int) -> None:
-        rows = slice(rows_start, rows_start + dist.shape[0])
-        torch.maximum(feats.row_max[rows], dist.max(dim=1).values, out=feats.row_max[rows])
-        values, index = _k_smallest(dist, min(num_neighbours, dist.shape[1]))
-        keys = ordered_keys(values, index + cols_start, num_all, nonnegative=False)
-        merged = torch.cat([best[rows], keys], dim=1)
-        best[rows] = torch.topk(merged, num_neighbours, dim=1, largest=False, sorted=False).values
-
     # Block side: a multiple of 16 (see _squared_distances) holding a distance block and its temporaries.
     side = max(1, min(_MAX_BLOCK_SIDE, math.isqrt(budget // _BYTES_PER_DISTANCE)) // GEMM_ROWS) * GEMM_ROWS
     used = min(side, padded(num_all))
     tracker.account(feats.fixed_bytes + nbytes(best) + _BYTES_PER_DISTANCE * used * used
-                    + 2 * 4 * used * feats.parts[0].shape[1])
+                    + 2 * 4 * used * feats.parts[0].shape[1])  # and the two float32 feature blocks
     blocks = [(start, min(start + side, num_all)) for start in range(0, num_all, side)]
     for position, (row_start, row_end) in enumerate(blocks):
         row_feats, row_sq = feats.block(row_start, row_end)
         for col_start, col_end in blocks[position:]:
             col_feats, col_sq = (row_feats, row_sq) if col_start == row_start else feats.block(col_start, col_end)
             dist = _squared_distances(row_feats, col_feats, row_sq, col_sq)[:row_end - row_start, :col_end - col_start]
-            merge(row_start, dist, col_start)
+            _merge_neighbours(best, feats.row_max, row_start, dist, col_start)
             if col_start != row_start:
-                merge(col_start, dist.T, row_start)
+                _merge_neighbours(best, feats.row_max, col_start, dist.T, row_start)
             del dist
 
     if bool(torch.isnan(feats.row_max).any()):
@@ -345,6 +340,19 @@ def _nearest_neighbours(feats: _AllFeatures, num_neighbours: int, budget: int, t
     # its order, except that rounding can merge two adjacent values into a tie, which the reference then
     # orders by index: only then can the lists differ. Keys are unique per row (one per index).
     return torch.sort(best, dim=1).values % num_all
+
+
+def _merge_neighbours(best: torch.Tensor, row_max: torch.Tensor, rows_start: int, dist: torch.Tensor,
+                      cols_start: int) -> None:
+    """Merge a block of distances (rows from ``rows_start``, columns from ``cols_start``) into the running
+    neighbour keys ``best`` (one row per image, ordered like (distance, index)) and row maxima."""
+    num_all, num_neighbours = best.shape
+    rows = slice(rows_start, rows_start + dist.shape[0])
+    torch.maximum(row_max[rows], dist.max(dim=1).values, out=row_max[rows])
+    values, index = _k_smallest(dist, min(num_neighbours, dist.shape[1]))
+    keys = ordered_keys(values, index + cols_start, num_all, nonnegative=False)
+    merged = torch.cat([best[rows], keys], dim=1)
+    best[rows] = torch.topk(merged, num_neighbours, dim=1, largest=False, sorted=False).values
 
 
 def _k_smallest(dist: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -398,31 +406,39 @@ def _expanded_sets(
     half_of = neighbours[:, :half_k1 + 1]
     width, half_width = members_of.shape[1], half_of.shape[1]
     all_rows, all_cols = [], []
-    # Per row: two bool (width x half_width x width) membership tests, and int64 candidate lists
-    # (width x (half_width + 1)) with their sorted/deduplicated copies.
+    # Per row of _expanded_block: two bool (width x half_width x width) membership tests, and int64
+    # candidate lists (width x (half_width + 1)) with their sorted/deduplicated copies.
     bytes_per_row = 2 * width * half_width * width + 32 * width * (half_width + 1)
     block_rows = max(1, chunk_budget(neighbours.device, budget, _CPU_CHUNK_BYTES) // bytes_per_row)
     for start in range(0, num_all, block_rows):
         end = min(start + block_rows, num_all)
-        members, is_member = members_of[start:end], reciprocal[start:end]
-        candidate_sets = half_of[members]  # B x width x half_width
-        in_candidate_set = half_reciprocal[members]
-        in_own_set = ((candidate_sets[..., None] == members[:, None, None, :])
-                      & is_member[:, None, None, :]).any(dim=3)
-        overlap = (in_own_set & in_candidate_set).sum(dim=2)
-        accepted = is_member & (3 * overlap > 2 * in_candidate_set.sum(dim=2))
-        taken = in_candidate_set & accepted[..., None]
-        sentinel = num_all
-        expanded = torch.cat([torch.where(is_member, members, sentinel),
-                              torch.where(taken, candidate_sets, sentinel).flatten(1)], dim=1)
-        expanded = torch.sort(expanded, dim=1).values
-        repeated = torch.zeros_like(expanded, dtype=torch.bool)
-        repeated[:, 1:] = expanded[:, 1:] == expanded[:, :-1]
-        keep = (expanded != sentinel) & ~repeated
-        block_row, position = keep.nonzero(as_tuple=True)
+        block_row, cols = _expanded_block(members_of[start:end], reciprocal[start:end], half_of, half_reciprocal,
+                                          sentinel=num_all)
         all_rows.append(block_row + start)
-        all_cols.append(expanded[block_row, position])
+        all_cols.append(cols)
     return torch.cat(all_rows), torch.cat(all_cols)
+
+
+def _expanded_block(members: torch.Tensor, is_member: torch.Tensor, half_of: torch.Tensor,
+                    half_reciprocal: torch.Tensor, sentinel: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(row within the block, col) of the expanded sets of a block of images: ``members`` (B x width) are
+    their k1+1 nearest neighbours, ``is_member`` which of those are reciprocal; ``half_of`` and
+    ``half_reciprocal`` the same for every image at half size."""
+    candidate_sets = half_of[members]  # B x width x half_width
+    in_candidate_set = half_reciprocal[members]
+    in_own_set = ((candidate_sets[..., None] == members[:, None, None, :])
+                  & is_member[:, None, None, :]).any(dim=3)
+    overlap = (in_own_set & in_candidate_set).sum(dim=2)
+    accepted = is_member & (3 * overlap > 2 * in_candidate_set.sum(dim=2))
+    taken = in_candidate_set & accepted[..., None]
+    expanded = torch.cat([torch.where(is_member, members, sentinel),
+                          torch.where(taken, candidate_sets, sentinel).flatten(1)], dim=1)
+    expanded = torch.sort(expanded, dim=1).values
+    repeated = torch.zeros_like(expanded, dtype=torch.bool)
+    repeated[:, 1:] = expanded[:, 1:] == expanded[:, :-1]
+    keep = (expanded != sentinel) & ~repeated
+    block_row, position = keep.nonzero(as_tuple=True)
+    return block_row, expanded[block_row, position]
 
 
 # Bytes per V entry gathered by _query_expansion: its int64 source position and owner, the int64 key,
