@@ -45,15 +45,16 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from reid.evaluation.rank import (  # noqa: E402
+from reid.evaluation import (  # noqa: E402
     FeatureDistances,
     RankResult,
     compute_distance_matrix,
     evaluate_features,
     evaluate_rank,
+    evaluate_reranked,
+    re_ranking,
 )
 from reid.evaluation.reference import evaluate_rank_reference, re_ranking_reference  # noqa: E402
-from reid.evaluation.rerank import evaluate_reranked, re_ranking  # noqa: E402
 
 NUM_CAMERAS = 6
 TRAINED_NOISE = 3.2  # noise / centre scale giving Market mAP about 0.78

@@ -1,6 +1,7 @@
 """Exact ReID metrics (CMC, mAP, mINP) and k-reciprocal re-ranking, in torch on any device."""
 
 from reid.evaluation.rank import (
+    METRICS,
     FeatureDistances,
     RankResult,
     compute_distance_matrix,
@@ -9,5 +10,5 @@ from reid.evaluation.rank import (
 )
 from reid.evaluation.rerank import evaluate_reranked, re_ranking
 
-__all__ = ["FeatureDistances", "RankResult", "compute_distance_matrix", "evaluate_features", "evaluate_rank",
-           "evaluate_reranked", "re_ranking"]
+__all__ = ["METRICS", "FeatureDistances", "RankResult", "compute_distance_matrix", "evaluate_features",
+           "evaluate_rank", "evaluate_reranked", "re_ranking"]

@@ -15,7 +15,7 @@ Here nothing of that size is kept, nor the q x g result unless :func:`re_ranking
    need the distance of an image to its expanded set members, recomputed as dot products.
 3. Then, block of queries by block of queries: the block's original distances are recomputed with the
    very float32 operations of step 1 (products padded to multiples of 16 rows, as in
-   :class:`reid.evaluation.rank.FeatureDistances`, so they are bit-identical), normalised and weighted,
+   :class:`reid.evaluation.distances.FeatureDistances`, so they are bit-identical), normalised and weighted,
    and the Jaccard distance is added from the shared non-zeros of ``V``. :func:`re_ranking` writes
    the block into its dense result; :func:`evaluate_reranked` ranks it at once with the evaluator's
    kernel and drops it.
@@ -33,49 +33,24 @@ import numbers
 
 import torch
 
-from reid.evaluation.rank import (
-    _GEMM_ROWS,
+from reid.evaluation.distances import GEMM_ROWS, fill_rows, gallery_chunk_rows, padded
+from reid.evaluation.memory import PeakMemory, chunk_budget, memory_budget, nbytes, row_blocks, split_budget
+from reid.evaluation.protocol import (
     ArrayLike,
+    Identities,
+    MetricAccumulator,
     RankResult,
-    _check_max_rank,
-    _chunk_budget,
-    _expand_ranges,
-    _feature_tensors,
-    _fill_rows,
-    _gallery_chunk_rows,
-    _Identities,
-    _memory_budget,
-    _ordered_keys,
-    _padded,
-    _rank_blocks,
-    _PeakMemory,
-    _row_blocks,
-    _split_budget,
+    check_max_rank,
+    expand_ranges,
+    feature_tensors,
 )
+from reid.evaluation.ranking import ordered_keys, rank_blocks
 from reid.utils.errors import ReIDError
 
-# Bytes per entry of a square block of the (q+g)^2 distance matrix: the float32 distance, topk's copy
-# of a transposed block (4), the bool tie mask (1) and slack; the two feature blocks are extra.
-_BYTES_PER_DISTANCE = 16
-# Larger square blocks gain nothing (measured) and waste more work on the diagonal blocks.
-_MAX_BLOCK_SIDE = 2048
-# Bytes per (query entry of V, gallery entry of V) pair joined for the Jaccard overlap: at the peak
-# the int64 partner position and flat index plus an int64 gathered temporary; later the float32
-# minimum and a gathered float32 weight.
-_BYTES_PER_JACCARD_PAIR = 24
-# Bytes per (query, gallery) entry of the Jaccard step: the float32 overlap and one float32 temporary.
-_JACCARD_BYTES_PER_ENTRY = 8
 # On CPU, gathers and joins run on chunks of about this many bytes whatever the budget: cache-sized
-# chunks measured several times faster than large ones.
+# chunks measured several times faster than large ones. (What each buffer costs is stated next to the
+# code that allocates it.)
 _CPU_CHUNK_BYTES = 8 * 2**20
-# Feature rows gathered per chunk for norms and pair distances: a fixed size (per device type), never
-# derived from the budget, so that these reductions, hence the weights, do not depend on it.
-_FEATURE_CHUNK_BYTES = {"cpu": 8 * 2**20}
-_DEFAULT_FEATURE_CHUNK_BYTES = 256 * 2**20
-# Bytes per V entry gathered for the query expansion (indices, key, slot, weight).
-_BYTES_PER_EXPANDED_ENTRY = 48
-# Bytes per V entry kept: int64 row and column, float32 weight.
-_BYTES_PER_V_ENTRY = 20
 
 
 def re_ranking(
@@ -101,16 +76,16 @@ def re_ranking(
         memory_budget_bytes: bound for the block buffers (see the module docstring); the result does
             not depend on it.
     """
-    query, gallery, device = _feature_tensors(qf, gf)
-    budget = _memory_budget(device, memory_budget_bytes)
+    query, gallery, device = feature_tensors(qf, gf)
+    budget = memory_budget(device, memory_budget_bytes)
     # Nothing is reported here: a CPU tracker only adds numbers (a CUDA one would reset the device's
     # peak-memory statistics).
-    reranker = _KReciprocal(query, gallery, device, k1, k2, lambda_value, budget, _PeakMemory(torch.device("cpu")))
+    reranker = _KReciprocal(query, gallery, device, k1, k2, lambda_value, budget, PeakMemory(torch.device("cpu")))
     num_q, num_g = reranker.shape
-    rows, chunk_budget = _split_budget(budget, reranker.fixed_bytes, reranker.block_row_bytes, num_q, device)
-    join_budget = _chunk_budget(device, chunk_budget, _CPU_CHUNK_BYTES)
+    rows, post_budget = split_budget(budget, reranker.fixed_bytes, reranker.block_row_bytes, num_q, device)
+    join_budget = chunk_budget(device, post_budget, _CPU_CHUNK_BYTES)
     out = torch.empty((num_q, num_g), device=device)
-    return _fill_rows(out, lambda start, end, block: reranker.block(start, end, block, join_budget), rows)
+    return fill_rows(out, lambda start, end, block: reranker.block(start, end, block, join_budget), rows)
 
 
 def evaluate_reranked(
@@ -135,20 +110,21 @@ def evaluate_reranked(
     ``peak_memory_bytes`` reports it (measured on CUDA, accounted from shapes on CPU).
     Arguments as in :func:`re_ranking` and :func:`reid.evaluation.rank.evaluate_rank`.
     """
-    query, gallery, device = _feature_tensors(qf, gf)
+    query, gallery, device = feature_tensors(qf, gf)
     num_q, num_g = query.shape[0], gallery.shape[0]
     # Labels and max_rank are checked before the expensive part.
-    ids = _Identities(q_pids, g_pids, q_camids, g_camids, num_q, num_g, device)
-    max_rank = _check_max_rank(max_rank)
-    budget = _memory_budget(device, memory_budget_bytes)
-    tracker = _PeakMemory(device)
+    ids = Identities(q_pids, g_pids, q_camids, g_camids, num_q, num_g, device)
+    max_rank = check_max_rank(max_rank)
+    budget = memory_budget(device, memory_budget_bytes)
+    tracker = PeakMemory(device)
     reranker = _KReciprocal(query, gallery, device, k1, k2, lambda_value, budget, tracker)
 
-    rows, chunk_budget = _split_budget(budget, reranker.fixed_bytes, reranker.block_row_bytes, num_q, device)
-    join_budget = _chunk_budget(device, chunk_budget, _CPU_CHUNK_BYTES)  # the Jaccard joins like cache-sized chunks
+    rows, ranking_budget = split_budget(budget, reranker.fixed_bytes, reranker.block_row_bytes, num_q, device)
+    join_budget = chunk_budget(device, ranking_budget, _CPU_CHUNK_BYTES)  # the Jaccard joins like cache-sized chunks
     block_bytes = reranker.fixed_bytes + rows * reranker.block_row_bytes
-    acc = _rank_blocks(lambda start, end, out: reranker.block(start, end, out, join_budget), ids, rows,
-                       chunk_budget, block_bytes, tracker)
+    acc = MetricAccumulator(num_q, device)
+    rank_blocks(lambda start, end, out: reranker.block(start, end, out, join_budget), ids, acc,
+                reranker.feats.block_buffer(rows), ranking_budget, block_bytes, tracker)
     return acc.result(max_rank, peak_memory_bytes=tracker.peak())
 
 
@@ -167,32 +143,33 @@ class _KReciprocal:
     """Steps 1 and 2 of the module docstring at construction; :meth:`block` does step 3."""
 
     def __init__(self, query: torch.Tensor, gallery: torch.Tensor, device: torch.device, k1: int, k2: int,
-                 lambda_value: float, budget: int, tracker: _PeakMemory):
+                 lambda_value: float, budget: int, tracker: PeakMemory):
         k1, k2, self.lambda_value = _check_parameters(k1, k2, lambda_value)
         feats = self.feats = _AllFeatures(query, gallery, device)
         num_all, num_query = feats.num_all, feats.num_query
         neighbours = _nearest_neighbours(feats, max(k1 + 1, k2), budget, tracker)
-        live = feats.fixed_bytes + _nbytes(neighbours)
+        live = feats.fixed_bytes + nbytes(neighbours)
         half_k1 = round(k1 / 2)  # Python and numpy both round half to even, as the reference does
         reciprocal = _reciprocal_mask(neighbours, k1, budget)
         half_reciprocal = _reciprocal_mask(neighbours, half_k1, budget)
-        live += _nbytes(reciprocal, half_reciprocal)
-        tracker.account(live + _chunk_budget(device, budget, _CPU_CHUNK_BYTES))
+        live += nbytes(reciprocal, half_reciprocal)
+        tracker.account(live + chunk_budget(device, budget, _CPU_CHUNK_BYTES))
         rows, cols = _expanded_sets(neighbours, reciprocal, half_reciprocal, k1, half_k1, budget)
         del reciprocal, half_reciprocal
         weights = torch.exp(-feats.normalised_distance(rows, cols))
         weights /= _scatter_sum(torch.zeros(num_all, device=device), rows, weights)[rows]
-        tracker.account(feats.fixed_bytes + _nbytes(neighbours) + _BYTES_PER_V_ENTRY * rows.numel()
-                        + feats.chunk_bytes)
+        # The sparse V: (row, column, weight) per entry.
+        v_bytes = nbytes(rows, cols, weights)
+        tracker.account(feats.fixed_bytes + nbytes(neighbours) + v_bytes + feats.chunk_bytes)
         if k2 != 1:
             expansion = neighbours[:, :k2]
-            entries = rows.numel()
             rows, cols, weights = _query_expansion(rows, cols, weights, expansion, num_all, budget)
-            tracker.account(feats.fixed_bytes + _nbytes(neighbours) + _BYTES_PER_V_ENTRY * (entries + rows.numel())
-                            + _chunk_budget(device, budget, _CPU_CHUNK_BYTES))
+            v_bytes += nbytes(rows, cols, weights)  # the expanded V is built while V is alive
+            tracker.account(feats.fixed_bytes + nbytes(neighbours) + v_bytes
+                            + chunk_budget(device, budget, _CPU_CHUNK_BYTES))
         del neighbours
         self.jaccard = _Jaccard(rows, cols, weights, num_query, num_all)
-        tracker.account(feats.fixed_bytes + self.jaccard.nbytes + _BYTES_PER_V_ENTRY * rows.numel())
+        tracker.account(feats.fixed_bytes + self.jaccard.nbytes + nbytes(rows, cols, weights))
         #: Bytes held while blocks are computed: norms, the Jaccard join structures, a gallery chunk.
         self.fixed_bytes = feats.fixed_bytes + self.jaccard.nbytes + feats.gallery_chunk_bytes
         self.block_row_bytes = feats.block_row_bytes
@@ -201,7 +178,7 @@ class _KReciprocal:
     def shape(self) -> tuple[int, int]:
         return self.feats.num_query, self.feats.num_all - self.feats.num_query
 
-    def block(self, start: int, end: int, out: torch.Tensor, chunk_budget: int) -> torch.Tensor:
+    def block(self, start: int, end: int, out: torch.Tensor, join_budget: int) -> torch.Tensor:
         """Re-ranked distances of queries ``start:end`` to the gallery, in ``out``'s first rows.
 
         ``out`` needs at least ``end - start`` rounded up to a multiple of 16 rows (scratch beyond).
@@ -210,8 +187,15 @@ class _KReciprocal:
         """
         dist = self.feats.query_gallery_distances(start, end, out)
         dist.div_(self.feats.row_max[start:end, None]).mul_(self.lambda_value)
-        self.jaccard.add_to(dist, start, 1.0 - self.lambda_value, chunk_budget)
+        self.jaccard.add_to(dist, start, 1.0 - self.lambda_value, join_budget)
         return dist
+
+
+# Feature rows gathered per chunk for norms and pair distances (:meth:`_AllFeatures.rows`): a fixed size
+# (per device type), never derived from the budget, so that these reductions, hence the weights, do not
+# depend on it.
+_FEATURE_CHUNK_BYTES = {"cpu": 8 * 2**20}
+_DEFAULT_FEATURE_CHUNK_BYTES = 256 * 2**20
 
 
 class _AllFeatures:
@@ -223,24 +207,30 @@ class _AllFeatures:
         self.num_query = query.shape[0]
         self.num_all = query.shape[0] + gallery.shape[0]
         dim = max(query.shape[1], 1)
-        # Rows per gathered chunk: two float32 feature rows and their product per pair.
+        # Rows per gathered chunk (normalised_distance): two float32 feature rows and their float32
+        # product per pair.
         self.chunk_bytes = _FEATURE_CHUNK_BYTES.get(device.type, _DEFAULT_FEATURE_CHUNK_BYTES)
         self.chunk_rows = max(1, self.chunk_bytes // (12 * dim))
-        self.gallery_chunk_rows = _gallery_chunk_rows(dim)
+        self.gallery_chunk_rows = gallery_chunk_rows(dim)
         num_g = gallery.shape[0]
         last_width = num_g - (max(num_g - 1, 0) // self.gallery_chunk_rows) * self.gallery_chunk_rows
-        #: Bytes per query row of a block: its distances, its float32 features and, when the last
-        #: gallery chunk is padded, its product with that chunk.
-        self.block_row_bytes = 4 * num_g + 4 * dim + (4 * _padded(last_width) if last_width % _GEMM_ROWS else 0)
-        #: Bytes of one gallery chunk's float32 features and squared norms while it is multiplied.
-        self.gallery_chunk_bytes = 4 * (dim + 1) * _padded(min(self.gallery_chunk_rows, num_g))
+        #: Bytes per query row of a block (query_gallery_distances): its float32 row of ``out``, its float32
+        #: features (block) and, when the last gallery chunk is padded, its float32 product with that chunk.
+        self.block_row_bytes = 4 * num_g + 4 * dim + (4 * padded(last_width) if last_width % GEMM_ROWS else 0)
+        #: Bytes of one gallery chunk's float32 features and squared norms (block) while it is multiplied.
+        self.gallery_chunk_bytes = 4 * (dim + 1) * padded(min(self.gallery_chunk_rows, num_g))
         self.sq_norm = torch.cat([torch.zeros(0, device=device)] + [
             (block * block).sum(1) for block in self._chunks()])
         if not bool(torch.isfinite(self.sq_norm).all()):
             raise ReIDError("The features hold NaN or infinite values (or values so large that their squares "
                             "overflow float32); check the model that produced them.")
         self.row_max = torch.empty(self.num_all, device=device)  # filled by _nearest_neighbours
-        self.fixed_bytes = _nbytes(self.sq_norm, self.row_max)
+        self.fixed_bytes = nbytes(self.sq_norm, self.row_max)
+
+    def block_buffer(self, num_rows: int) -> torch.Tensor:
+        """An uninitialised float32 ``out`` of ``num_rows`` query rows for :meth:`query_gallery_distances`
+        (one row of :attr:`block_row_bytes` each)."""
+        return torch.empty((num_rows, self.num_all - self.num_query), device=self.device)
 
     def _chunks(self):
         for start in range(0, self.num_all, self.chunk_rows):
@@ -261,9 +251,9 @@ class _AllFeatures:
 
     def block(self, start: int, end: int) -> tuple[torch.Tensor, torch.Tensor]:
         """float32 features and squared norms of rows ``start:end``, zero rows appended up to a multiple
-        of 16 (see :data:`reid.evaluation.rank._GEMM_ROWS`)."""
+        of 16 (see :data:`reid.evaluation.distances.GEMM_ROWS`)."""
         count = end - start
-        feats = torch.zeros((_padded(count), self.parts[0].shape[1]), device=self.device)
+        feats = torch.zeros((padded(count), self.parts[0].shape[1]), device=self.device)
         feats[:count] = self.rows(torch.arange(start, end, device=self.device))
         sq_norm = torch.zeros(feats.shape[0], device=self.device)
         sq_norm[:count] = self.sq_norm[start:end]
@@ -306,12 +296,20 @@ def _squared_distances(rows: torch.Tensor, cols: torch.Tensor, rows_sq: torch.Te
     return out.addmm_(rows, cols.T, alpha=-2)
 
 
-def _nearest_neighbours(feats: _AllFeatures, num_neighbours: int, budget: int, tracker: _PeakMemory) -> torch.Tensor:
+# Bytes per entry of a square block of the (q+g)^2 distance matrix in _nearest_neighbours: the float32
+# distance, topk's copy of a transposed block (4), the bool tie mask (1) and slack; the two float32
+# feature blocks are counted apart.
+_BYTES_PER_DISTANCE = 16
+# Larger square blocks gain nothing (measured) and waste more work on the diagonal blocks.
+_MAX_BLOCK_SIDE = 2048
+
+
+def _nearest_neighbours(feats: _AllFeatures, num_neighbours: int, budget: int, tracker: PeakMemory) -> torch.Tensor:
     """Nearest-neighbour lists of all q+g images, ordered by (distance, index); fills ``feats.row_max``.
 
     The distance matrix is symmetric, so only blocks on and above the diagonal are computed; each
     serves its rows and, transposed, its columns. Running lists are kept as int64 keys ordered like
-    (distance, index) (see :func:`reid.evaluation.rank._ordered_keys`) and merged block by block, so
+    (distance, index) (see :func:`reid.evaluation.ranking.ordered_keys`) and merged block by block, so
     equal distances are always resolved by index, whatever the block size.
     """
     num_all = feats.num_all
@@ -319,29 +317,20 @@ def _nearest_neighbours(feats: _AllFeatures, num_neighbours: int, budget: int, t
     best = torch.full((num_all, num_neighbours), torch.iinfo(torch.int64).max, dtype=torch.int64,
                       device=feats.device)
     feats.row_max.fill_(float("-inf"))
-
-    def merge(rows_start: int, dist: torch.Tensor, cols_start: int) -> None:
-        rows = slice(rows_start, rows_start + dist.shape[0])
-        torch.maximum(feats.row_max[rows], dist.max(dim=1).values, out=feats.row_max[rows])
-        values, index = _k_smallest(dist, min(num_neighbours, dist.shape[1]))
-        keys = _ordered_keys(values, index + cols_start, num_all, nonnegative=False)
-        merged = torch.cat([best[rows], keys], dim=1)
-        best[rows] = torch.topk(merged, num_neighbours, dim=1, largest=False, sorted=False).values
-
     # Block side: a multiple of 16 (see _squared_distances) holding a distance block and its temporaries.
-    side = max(1, min(_MAX_BLOCK_SIDE, math.isqrt(budget // _BYTES_PER_DISTANCE)) // _GEMM_ROWS) * _GEMM_ROWS
-    used = min(side, _padded(num_all))
-    tracker.account(feats.fixed_bytes + _nbytes(best) + _BYTES_PER_DISTANCE * used * used
-                    + 2 * 4 * used * feats.parts[0].shape[1])
+    side = max(1, min(_MAX_BLOCK_SIDE, math.isqrt(budget // _BYTES_PER_DISTANCE)) // GEMM_ROWS) * GEMM_ROWS
+    used = min(side, padded(num_all))
+    tracker.account(feats.fixed_bytes + nbytes(best) + _BYTES_PER_DISTANCE * used * used
+                    + 2 * 4 * used * feats.parts[0].shape[1])  # and the two float32 feature blocks
     blocks = [(start, min(start + side, num_all)) for start in range(0, num_all, side)]
     for position, (row_start, row_end) in enumerate(blocks):
         row_feats, row_sq = feats.block(row_start, row_end)
         for col_start, col_end in blocks[position:]:
             col_feats, col_sq = (row_feats, row_sq) if col_start == row_start else feats.block(col_start, col_end)
             dist = _squared_distances(row_feats, col_feats, row_sq, col_sq)[:row_end - row_start, :col_end - col_start]
-            merge(row_start, dist, col_start)
+            _merge_neighbours(best, feats.row_max, row_start, dist, col_start)
             if col_start != row_start:
-                merge(col_start, dist.T, row_start)
+                _merge_neighbours(best, feats.row_max, col_start, dist.T, row_start)
             del dist
 
     if bool(torch.isnan(feats.row_max).any()):
@@ -351,6 +340,19 @@ def _nearest_neighbours(feats: _AllFeatures, num_neighbours: int, budget: int, t
     # its order, except that rounding can merge two adjacent values into a tie, which the reference then
     # orders by index: only then can the lists differ. Keys are unique per row (one per index).
     return torch.sort(best, dim=1).values % num_all
+
+
+def _merge_neighbours(best: torch.Tensor, row_max: torch.Tensor, rows_start: int, dist: torch.Tensor,
+                      cols_start: int) -> None:
+    """Merge a block of distances (rows from ``rows_start``, columns from ``cols_start``) into the running
+    neighbour keys ``best`` (one row per image, ordered like (distance, index)) and row maxima."""
+    num_all, num_neighbours = best.shape
+    rows = slice(rows_start, rows_start + dist.shape[0])
+    torch.maximum(row_max[rows], dist.max(dim=1).values, out=row_max[rows])
+    values, index = _k_smallest(dist, min(num_neighbours, dist.shape[1]))
+    keys = ordered_keys(values, index + cols_start, num_all, nonnegative=False)
+    merged = torch.cat([best[rows], keys], dim=1)
+    best[rows] = torch.topk(merged, num_neighbours, dim=1, largest=False, sorted=False).values
 
 
 def _k_smallest(dist: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -366,7 +368,7 @@ def _k_smallest(dist: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]
     if bool(cut.any()):
         rows = cut.nonzero().squeeze(1)
         columns = torch.arange(dist.shape[1], device=dist.device)
-        keys = _ordered_keys(dist[rows].contiguous(), columns, dist.shape[1], nonnegative=False)
+        keys = ordered_keys(dist[rows].contiguous(), columns, dist.shape[1], nonnegative=False)
         exact = torch.topk(keys, k, dim=1, largest=False, sorted=False).values % dist.shape[1]
         index[rows] = exact
         values[rows] = dist[rows].gather(1, exact)
@@ -378,7 +380,7 @@ def _reciprocal_mask(neighbours: torch.Tensor, k: int, budget: int) -> torch.Ten
     forward = neighbours[:, :k + 1]
     width = forward.shape[1]
     mask = torch.empty(forward.shape, dtype=torch.bool, device=neighbours.device)
-    block_rows = max(1, budget // (9 * width * width))
+    block_rows = max(1, budget // (9 * width * width))  # per row: the int64 backward lists and a bool mask
     for start in range(0, forward.shape[0], block_rows):
         rows = torch.arange(start, min(start + block_rows, forward.shape[0]), device=neighbours.device)
         backward = forward[forward[rows]]  # rows x width x width
@@ -404,31 +406,44 @@ def _expanded_sets(
     half_of = neighbours[:, :half_k1 + 1]
     width, half_width = members_of.shape[1], half_of.shape[1]
     all_rows, all_cols = [], []
-    # Per row: two bool (width x half_width x width) membership tests, and int64 candidate lists
-    # (width x (half_width + 1)) with their sorted/deduplicated copies.
+    # Per row of _expanded_block: two bool (width x half_width x width) membership tests, and int64
+    # candidate lists (width x (half_width + 1)) with their sorted/deduplicated copies.
     bytes_per_row = 2 * width * half_width * width + 32 * width * (half_width + 1)
-    block_rows = max(1, _chunk_budget(neighbours.device, budget, _CPU_CHUNK_BYTES) // bytes_per_row)
+    block_rows = max(1, chunk_budget(neighbours.device, budget, _CPU_CHUNK_BYTES) // bytes_per_row)
     for start in range(0, num_all, block_rows):
         end = min(start + block_rows, num_all)
-        members, is_member = members_of[start:end], reciprocal[start:end]
-        candidate_sets = half_of[members]  # B x width x half_width
-        in_candidate_set = half_reciprocal[members]
-        in_own_set = ((candidate_sets[..., None] == members[:, None, None, :])
-                      & is_member[:, None, None, :]).any(dim=3)
-        overlap = (in_own_set & in_candidate_set).sum(dim=2)
-        accepted = is_member & (3 * overlap > 2 * in_candidate_set.sum(dim=2))
-        taken = in_candidate_set & accepted[..., None]
-        sentinel = num_all
-        expanded = torch.cat([torch.where(is_member, members, sentinel),
-                              torch.where(taken, candidate_sets, sentinel).flatten(1)], dim=1)
-        expanded = torch.sort(expanded, dim=1).values
-        repeated = torch.zeros_like(expanded, dtype=torch.bool)
-        repeated[:, 1:] = expanded[:, 1:] == expanded[:, :-1]
-        keep = (expanded != sentinel) & ~repeated
-        block_row, position = keep.nonzero(as_tuple=True)
+        block_row, cols = _expanded_block(members_of[start:end], reciprocal[start:end], half_of, half_reciprocal,
+                                          sentinel=num_all)
         all_rows.append(block_row + start)
-        all_cols.append(expanded[block_row, position])
+        all_cols.append(cols)
     return torch.cat(all_rows), torch.cat(all_cols)
+
+
+def _expanded_block(members: torch.Tensor, is_member: torch.Tensor, half_of: torch.Tensor,
+                    half_reciprocal: torch.Tensor, sentinel: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(row within the block, col) of the expanded sets of a block of images: ``members`` (B x width) are
+    their k1+1 nearest neighbours, ``is_member`` which of those are reciprocal; ``half_of`` and
+    ``half_reciprocal`` the same for every image at half size."""
+    candidate_sets = half_of[members]  # B x width x half_width
+    in_candidate_set = half_reciprocal[members]
+    in_own_set = ((candidate_sets[..., None] == members[:, None, None, :])
+                  & is_member[:, None, None, :]).any(dim=3)
+    overlap = (in_own_set & in_candidate_set).sum(dim=2)
+    accepted = is_member & (3 * overlap > 2 * in_candidate_set.sum(dim=2))
+    taken = in_candidate_set & accepted[..., None]
+    expanded = torch.cat([torch.where(is_member, members, sentinel),
+                          torch.where(taken, candidate_sets, sentinel).flatten(1)], dim=1)
+    expanded = torch.sort(expanded, dim=1).values
+    repeated = torch.zeros_like(expanded, dtype=torch.bool)
+    repeated[:, 1:] = expanded[:, 1:] == expanded[:, :-1]
+    keep = (expanded != sentinel) & ~repeated
+    block_row, position = keep.nonzero(as_tuple=True)
+    return block_row, expanded[block_row, position]
+
+
+# Bytes per V entry gathered by _query_expansion: its int64 source position and owner, the int64 key,
+# its int64 slot among the unique keys and the gathered float32 weight, with the unique keys and sums.
+_BYTES_PER_EXPANDED_ENTRY = 48
 
 
 def _query_expansion(
@@ -446,11 +461,11 @@ def _query_expansion(
     num_sources = expansion_neighbours.shape[1]
     new_rows, new_cols, new_weights = [], [], []
     gathered_per_row = row_length[expansion_neighbours].sum(1)
-    chunk_budget = _chunk_budget(device, budget, _CPU_CHUNK_BYTES)
+    gather_budget = chunk_budget(device, budget, _CPU_CHUNK_BYTES)
     # A row is never split across chunks, so its sums are accumulated in the same order whatever the budget.
-    for start, end in _row_blocks(gathered_per_row * _BYTES_PER_EXPANDED_ENTRY, chunk_budget):
+    for start, end in row_blocks(gathered_per_row * _BYTES_PER_EXPANDED_ENTRY, gather_budget):
         sources = expansion_neighbours[start:end].reshape(-1)
-        source, entry = _expand_ranges(row_start[sources], row_length[sources])
+        source, entry = expand_ranges(row_start[sources], row_length[sources])
         owner = start + source // num_sources
         keys, slot = torch.unique(owner * num_all + cols[entry], sorted=True, return_inverse=True)
         summed = _scatter_sum(torch.zeros(keys.numel(), device=device), slot, weights[entry])
@@ -458,6 +473,14 @@ def _query_expansion(
         new_cols.append(keys % num_all)
         new_weights.append(summed / num_sources)
     return torch.cat(new_rows), torch.cat(new_cols), torch.cat(new_weights)
+
+
+# Bytes per (query entry of V, gallery entry of V) pair joined by _Jaccard.add_to for the overlap: at the
+# peak the int64 partner position and flat index plus an int64 gathered temporary; later the float32
+# minimum and a gathered float32 weight.
+_BYTES_PER_JACCARD_PAIR = 24
+# Bytes per (query, gallery) entry of _Jaccard.add_to: the float32 overlap and one float32 temporary.
+_JACCARD_BYTES_PER_ENTRY = 8
 
 
 class _Jaccard:
@@ -487,14 +510,15 @@ class _Jaccard:
         pairs_per_query = torch.zeros(num_query, dtype=torch.int64, device=device).index_add_(
             0, self.query_rows, self.partners)
         self.cost = pairs_per_query * _BYTES_PER_JACCARD_PAIR + _JACCARD_BYTES_PER_ENTRY * self.num_gallery
-        self.nbytes = _nbytes(self.gallery_rows, self.gallery_weights, self.column_start, self.query_rows,
-                              self.query_cols, self.query_weights, self.partners, self.query_start, self.cost)
+        self.nbytes = nbytes(self.gallery_rows, self.gallery_weights, self.column_start, self.query_rows,
+                             self.query_cols, self.query_weights, self.partners, self.query_start, self.cost)
 
-    def add_to(self, block: torch.Tensor, start: int, weight: float, chunk_budget: int) -> None:
-        """``block += weight * jaccard`` for queries ``start:start + len(block)``."""
+    def add_to(self, block: torch.Tensor, start: int, weight: float, join_budget: int) -> None:
+        """``block += weight * jaccard`` for queries ``start:start + len(block)``, joined in chunks of
+        queries within ``join_budget`` bytes (:attr:`cost` per query)."""
         device = block.device
         end = start + block.shape[0]
-        for first, last in _row_blocks(self.cost[start:end], chunk_budget):
+        for first, last in row_blocks(self.cost[start:end], join_budget):
             first, last = first + start, last + start
             lo, hi = int(self.query_start[first]), int(self.query_start[last])
             count = self.partners[lo:hi]
@@ -532,7 +556,3 @@ def _scatter_sum(out: torch.Tensor, index: torch.Tensor, values: torch.Tensor) -
     if out.device.type == "cpu":
         return out.index_add_(0, index, values)
     return out.index_put_((index,), values, accumulate=True)
-
-
-def _nbytes(*tensors: torch.Tensor) -> int:
-    return sum(t.numel() * t.element_size() for t in tensors)
