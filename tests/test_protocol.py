@@ -100,3 +100,15 @@ def test_identity_pairs_split_true_matches_from_same_camera_junk():
     rows, cols, *_ = identity_pairs(ids, 1, 2)
     assert rows.tolist() == [0] and cols.tolist() == [5]
     assert ids.nbytes == 8 * (4 * 3 + 4 * 6)  # 4 int64 per query, 4 int64 per gallery image
+
+
+def test_a_result_unpacks_as_torchreids_cmc_and_map():
+    """torchreid users write ``cmc, mAP = evaluate_rank(...)``; that works and keeps every other field."""
+    from reid.evaluation import evaluate_rank
+
+    distmat = np.array([[0.1, 0.9, 0.5], [0.8, 0.2, 0.3]])
+    result = evaluate_rank(distmat, np.array([1, 2]), np.array([1, 2, 2]), np.array([0, 0]), np.array([1, 1, 1]),
+                           max_rank=3)
+    cmc, mAP = result
+    assert cmc is result.cmc and mAP == result.mAP
+    assert list(cmc) == [1.0, 1.0, 1.0] and mAP == pytest.approx((1.0 + 1.0) / 2) and result.mINP > 0

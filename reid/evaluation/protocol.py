@@ -14,6 +14,7 @@ found is :mod:`reid.evaluation.ranking`'s job. It also checks the user's inputs.
 from __future__ import annotations
 
 import numbers
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Union
 
@@ -64,6 +65,11 @@ class RankResult:
         scores["mAP"] = float(self.mAP)
         scores["mINP"] = float(self.mINP)
         return scores
+
+    def __iter__(self) -> Iterator:
+        """``cmc, mAP = evaluate_rank(...)``, as torchreid's ``evaluate_rank`` returns them; the other fields
+        stay attributes of the result."""
+        return iter((self.cmc, self.mAP))
 
     def __repr__(self) -> str:
         # The per-query arrays can hold tens of thousands of numbers: a log line wants the summary.
