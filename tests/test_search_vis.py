@@ -6,7 +6,7 @@ import cv2
 import numpy as np
 import pytest
 
-from reid.evaluation import visualize as vis
+from reid.evaluation import drawing
 from reid.export import search_vis
 from reid.export.search import SearchResult
 from reid.utils.errors import ReIDError
@@ -40,7 +40,7 @@ def test_captions_hold_full_names_identity_and_camera(images):
     for lines in captions:  # every caption fits its column at the normal size: nothing cut, nothing shrunk
         for line in lines:
             x0, _, x1, _ = layout.caption_box(0, 0)
-            assert vis.fit_text(line, x1 - x0) == (line, vis.CAPTION_SCALE)
+            assert drawing.fit_text(line, x1 - x0) == (line, drawing.CAPTION_SCALE)
 
 
 def test_tiles_are_framed_by_identity_and_nothing_overlaps(images, tmp_path):
@@ -51,12 +51,13 @@ def test_tiles_are_framed_by_identity_and_nothing_overlaps(images, tmp_path):
 
     def frame(row: int, position: int) -> tuple:
         x, y = layout.cell_origin(position)
-        return tuple(int(c) for c in picture[row * layout.height + y + vis.CELL_HEIGHT // 2, x + 1])
+        return tuple(int(c) for c in picture[row * layout.height + y + drawing.CELL_HEIGHT // 2, x + 1])
 
-    assert frame(0, 0) == vis.QUERY_COLOR
-    assert [frame(0, p) for p in range(1, 6)] == [vis.MATCH_COLOR, vis.MISMATCH_COLOR, vis.UNKNOWN_COLOR,
-                                                  vis.UNKNOWN_COLOR, vis.MISMATCH_COLOR]
-    assert [frame(1, p) for p in (1, 2)] == [vis.UNKNOWN_COLOR, vis.UNKNOWN_COLOR]  # the query's name is unknown
+    assert frame(0, 0) == drawing.QUERY_COLOR
+    assert [frame(0, p) for p in range(1, 6)] == [drawing.MATCH_COLOR, drawing.MISMATCH_COLOR, drawing.UNKNOWN_COLOR,
+                                                  drawing.UNKNOWN_COLOR, drawing.MISMATCH_COLOR]
+    # the query's name is unknown
+    assert [frame(1, p) for p in (1, 2)] == [drawing.UNKNOWN_COLOR, drawing.UNKNOWN_COLOR]
     for row in range(2):
         strip = picture[row * layout.height:(row + 1) * layout.height]
         spans = [layout.column_span(p) for p in range(6)]
@@ -68,10 +69,10 @@ def test_tiles_are_framed_by_identity_and_nothing_overlaps(images, tmp_path):
             for line in range(3):  # each caption line has ink in its own box, none outside the boxes
                 bx0, by0, bx1, by1 = layout.caption_box(position, line)
                 assert (strip[by0:by1, bx0:bx1] < 128).any(), (row, position, line)
-            below_cell = strip[vis.MARGIN + vis.CELL_HEIGHT:, x0:x1].copy()
+            below_cell = strip[drawing.MARGIN + drawing.CELL_HEIGHT:, x0:x1].copy()
             for line in range(3):
                 bx0, by0, bx1, by1 = layout.caption_box(position, line)
-                top = vis.MARGIN + vis.CELL_HEIGHT
+                top = drawing.MARGIN + drawing.CELL_HEIGHT
                 below_cell[by0 - top:by1 - top, bx0 - x0:bx1 - x0] = 255
             assert (below_cell == 255).all()
 
@@ -80,9 +81,9 @@ def test_legend_explains_every_frame_colour(images, tmp_path):
     picture = search_vis.render_search_results([_result(images)])
     layout = search_vis.search_layout([_result(images)])
     legend = picture[layout.height:].reshape(-1, 3)
-    for color in (vis.QUERY_COLOR, vis.MATCH_COLOR, vis.MISMATCH_COLOR, vis.UNKNOWN_COLOR):
+    for color in (drawing.QUERY_COLOR, drawing.MATCH_COLOR, drawing.MISMATCH_COLOR, drawing.UNKNOWN_COLOR):
         assert (legend == np.array(color, np.uint8)).all(axis=1).sum() > 20, color
-    assert any("unknown" in label for color, label in search_vis.SEARCH_LEGEND if color == vis.UNKNOWN_COLOR)
+    assert any("unknown" in label for color, label in search_vis.SEARCH_LEGEND if color == drawing.UNKNOWN_COLOR)
 
 
 def test_very_long_names_keep_their_ends_and_stay_in_the_tile(images, tmp_path):
@@ -90,7 +91,7 @@ def test_very_long_names_keep_their_ends_and_stay_in_the_tile(images, tmp_path):
     cv2.imwrite(str(long_name), np.zeros((64, 32, 3), np.uint8))
     result = SearchResult(images[0], [long_name], [0.3])
     layout = search_vis.search_layout([result])
-    assert layout.column_width == vis.MAX_COLUMN_WIDTH
+    assert layout.column_width == drawing.MAX_COLUMN_WIDTH
     picture = search_vis.render_search_results([result])
     _, end = layout.column_span(1)
     assert (picture[:layout.height, end:] == 255).all()

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from reid.cli import plot_cmc as plot_cmc_tool
-from reid.evaluation import visualize as vis
+from reid.evaluation import drawing, triptych, visualize as vis
 from reid.utils.errors import ReIDError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -56,12 +56,12 @@ def problem(tmp_path):
 
 def _frame_pixel(image: np.ndarray, position: int) -> np.ndarray:
     x, y = vis.cell_origin(position)
-    return image[y + vis.CELL_HEIGHT // 2, x + vis.FRAME // 2].astype(int)
+    return image[y + drawing.CELL_HEIGHT // 2, x + drawing.FRAME // 2].astype(int)
 
 
 def _inner_pixel(image: np.ndarray, position: int) -> np.ndarray:
     x, y = vis.cell_origin(position)
-    return image[y + vis.CELL_HEIGHT // 2, x + vis.CELL_WIDTH // 2].astype(int)
+    return image[y + drawing.CELL_HEIGHT // 2, x + drawing.CELL_WIDTH // 2].astype(int)
 
 
 def _close(pixel: np.ndarray, color) -> bool:
@@ -84,11 +84,11 @@ def test_worst_and_best_ordering_and_frames(problem, tmp_path):
     images = [cv2.imread(str(p)) for p in worst]
     assert all(im is not None and im.shape[:2] == vis.canvas_size(5) for im in images)
     q2, q1, q0 = images
-    assert _close(_frame_pixel(q2, 0), vis.QUERY_COLOR)
-    assert _close(_frame_pixel(q2, 1), vis.MISMATCH_COLOR)
-    assert _close(_frame_pixel(q1, 1), vis.MISMATCH_COLOR) and _close(_frame_pixel(q1, 2), vis.MATCH_COLOR)
+    assert _close(_frame_pixel(q2, 0), drawing.QUERY_COLOR)
+    assert _close(_frame_pixel(q2, 1), drawing.MISMATCH_COLOR)
+    assert _close(_frame_pixel(q1, 1), drawing.MISMATCH_COLOR) and _close(_frame_pixel(q1, 2), drawing.MATCH_COLOR)
     # q0: the nearest gallery image (same pid, same camera) is excluded; rank 1 is g1, a true match.
-    assert _close(_frame_pixel(q0, 1), vis.MATCH_COLOR)
+    assert _close(_frame_pixel(q0, 1), drawing.MATCH_COLOR)
     assert _close(_inner_pixel(q0, 1), G1_COLOR)
     assert not any(_close(_inner_pixel(q0, k), EXCLUDED_COLOR) for k in range(1, 6))
 
@@ -122,10 +122,11 @@ def test_missing_image_draws_placeholder(problem, tmp_path, caplog):
     files = vis.save_ranked_lists(_distmat(), q_paths, g_paths, *labels, tmp_path / "out", num_queries=1,
                                   mode="best", topk=3)
     image = cv2.imread(str(files[0]))
-    assert _close(_frame_pixel(image, 1), vis.MATCH_COLOR)
+    assert _close(_frame_pixel(image, 1), drawing.MATCH_COLOR)
     x, y = vis.cell_origin(1)
-    inner = image[y + vis.FRAME + 40:y + vis.CELL_HEIGHT - vis.FRAME - 2, x + vis.FRAME:x + vis.CELL_WIDTH - vis.FRAME]
-    assert _close(np.median(inner.reshape(-1, 3), axis=0), vis.PLACEHOLDER_COLOR)
+    d = drawing
+    inner = image[y + d.FRAME + 40:y + d.CELL_HEIGHT - d.FRAME - 2, x + d.FRAME:x + d.CELL_WIDTH - d.FRAME]
+    assert _close(np.median(inner.reshape(-1, 3), axis=0), drawing.PLACEHOLDER_COLOR)
     assert "gone.jpg" in caplog.text
 
 
@@ -242,7 +243,7 @@ def test_ranked_list_captions_stay_in_their_columns_and_legend_is_drawn(problem,
     image = cv2.imread(str(path))
     layout = vis.ranked_layout(5)
     assert image.shape[:2] == vis.canvas_size(5) and image.shape[0] > layout.height
-    captions_top, captions_bottom = vis.MARGIN + vis.CELL_HEIGHT + 2, layout.height
+    captions_top, captions_bottom = drawing.MARGIN + drawing.CELL_HEIGHT + 2, layout.height
     for position in range(6):
         x0, x1 = layout.column_span(position)
         assert not _is_background(image[captions_top:captions_bottom, x0:x1])  # its captions are drawn
@@ -250,25 +251,26 @@ def test_ranked_list_captions_stay_in_their_columns_and_legend_is_drawn(problem,
             gap_end = layout.column_span(position + 1)[0]
             assert _is_background(image[:captions_bottom, x1:gap_end])
     legend = image[layout.height:].reshape(-1, 3).astype(int)
-    for color in (vis.QUERY_COLOR, vis.MATCH_COLOR, vis.MISMATCH_COLOR):
+    for color in (drawing.QUERY_COLOR, drawing.MATCH_COLOR, drawing.MISMATCH_COLOR):
         assert (np.abs(legend - np.array(color)).max(axis=1) <= 30).sum() > 20, color
 
 
 def test_ranked_captions_use_file_name_cameras_and_labelled_distances():
     captions = vis.ranked_captions(0.25, 7, 0, [(0.1234, 7, 5), (0.5, 3, 1)])
     assert captions == [["AP 25.0%", "id 7 c1"], ["#1 d=0.123", "id 7 c6"], ["#2 d=0.500", "id 3 c2"]]
-    assert vis.camera_label(0) == "c1" and vis.camera_label(-1) == "c?"
+    assert drawing.camera_label(0) == "c1" and drawing.camera_label(-1) == "c?"
 
 
 def test_long_captions_shrink_then_lose_their_middle():
     name = "0002_c1s1_000451_03.jpg"
-    assert vis.fit_text(name, 200) == (name, vis.CAPTION_SCALE)  # fits: full name, normal size
-    text, scale = vis.fit_text(name, 130)
-    assert text == name and vis.MIN_CAPTION_SCALE <= scale < vis.CAPTION_SCALE and vis.text_width(text, scale) <= 130
+    assert drawing.fit_text(name, 200) == (name, drawing.CAPTION_SCALE)  # fits: full name, normal size
+    text, scale = drawing.fit_text(name, 130)
+    assert text == name and drawing.MIN_CAPTION_SCALE <= scale < drawing.CAPTION_SCALE
+    assert drawing.text_width(text, scale) <= 130
     long_name = "holiday_" * 12 + "17.jpg"
-    text, scale = vis.fit_text(long_name, 120)
+    text, scale = drawing.fit_text(long_name, 120)
     assert "..." in text and text.startswith("holiday") and text.endswith("17.jpg")
-    assert vis.text_width(text, scale) <= 120
+    assert drawing.text_width(text, scale) <= 120
 
 
 def test_cmc_legend_names_the_curve_not_the_method(tmp_path, monkeypatch):
@@ -294,18 +296,18 @@ def test_attack_triptych_is_upscaled_labelled_and_colour_maps_the_difference(tmp
     sign = torch.where(torch.rand(3, 64, 32, generator=gen) < 0.5, -1.0, 1.0)
     adversarial = clean + eps * sign
     adversarial[:, :16, :] = clean[:, :16, :]  # the top quarter untouched
-    path = vis.draw_attack_triptych(clean, adversarial, eps, tmp_path / "t.png", attack="pgd", objective="push_away",
-                                    ap_before=0.9, ap_after=0.1)
+    path = triptych.draw_attack_triptych(clean, adversarial, eps, tmp_path / "t.png", attack="pgd",
+                                         objective="push_away", ap_before=0.9, ap_after=0.1)
     image = cv2.imread(str(path))
-    layout = vis.TriptychLayout(64, 32)
+    layout = triptych.TriptychLayout(64, 32)
     assert layout.factor == 4 and layout.panel_height == 256 and image.shape[:2] == (layout.height, layout.width)
     # The clean panel is the image upscaled with nearest neighbour (each pixel a 4x4 block).
     x, y = layout.panel_origin(0)
-    expected = np.repeat(np.repeat(vis._to_bgr8(clean.permute(1, 2, 0).numpy()), 4, axis=0), 4, axis=1)
+    expected = np.repeat(np.repeat(triptych._to_bgr8(clean.permute(1, 2, 0).numpy()), 4, axis=0), 4, axis=1)
     assert np.array_equal(image[y:y + 256, x:x + 128], expected)
     # The difference: eps is the top of the colour map (not white), no change is its bottom.
-    top = vis.colorize_difference(np.ones((1, 1)))[0, 0]
-    bottom = vis.colorize_difference(np.zeros((1, 1)))[0, 0]
+    top = triptych.colorize_difference(np.ones((1, 1)))[0, 0]
+    bottom = triptych.colorize_difference(np.zeros((1, 1)))[0, 0]
     x, y = layout.panel_origin(2)
     moved, still = image[y + 64:y + 256, x:x + 128], image[y:y + 64, x:x + 128]
     assert (np.abs(moved.astype(int) - top).max(axis=2) <= 2).mean() > 0.99
@@ -319,8 +321,8 @@ def test_attack_triptych_is_upscaled_labelled_and_colour_maps_the_difference(tmp
 
 def test_ap_of_a_query(problem):
     result = evaluate_rank_of(problem)
-    assert vis.ap_of(result, 0) == pytest.approx(1.0) and vis.ap_of(result, 1) == pytest.approx(0.5)
-    assert vis.ap_of(result, 3) is None  # no true match: not in the result
+    assert triptych.ap_of(result, 0) == pytest.approx(1.0) and triptych.ap_of(result, 1) == pytest.approx(0.5)
+    assert triptych.ap_of(result, 3) is None  # no true match: not in the result
 
 
 def evaluate_rank_of(problem):
@@ -333,17 +335,17 @@ def evaluate_rank_of(problem):
 def test_attack_triptych_scale_and_errors(tmp_path):
     clean = torch.full((3, 8, 4), 0.5)
     adversarial = clean + 0.01
-    half = vis.difference_map(clean, adversarial, eps=0.04)
+    half = triptych.difference_map(clean, adversarial, eps=0.04)
     assert np.allclose(half, 0.25, atol=1e-5)
-    assert np.allclose(vis.difference_map(clean, adversarial, eps=0.04, scale=50), 0.5, atol=1e-5)
-    assert vis.format_eps(8 / 255) == "8/255" and vis.format_eps(0.01) == "0.01"
-    image = cv2.imread(str(vis.draw_attack_triptych(clean, adversarial, 0.04, tmp_path / "small.png", attack="fgsm",
-                                                    objective="x", ap_before=None, ap_after=0.5)))
+    assert np.allclose(triptych.difference_map(clean, adversarial, eps=0.04, scale=50), 0.5, atol=1e-5)
+    assert triptych.format_eps(8 / 255) == "8/255" and triptych.format_eps(0.01) == "0.01"
+    image = cv2.imread(str(triptych.draw_attack_triptych(clean, adversarial, 0.04, tmp_path / "small.png",
+                                                         attack="fgsm", objective="x", ap_before=None, ap_after=0.5)))
     assert image.shape[0] >= 256 and image.shape[1] >= 440  # readable even for a tiny image
     with pytest.raises(ReIDError, match="differ in size"):
-        vis.draw_attack_triptych(clean, clean[:, :4], 0.04, tmp_path / "x.png", attack="a", objective="o",
-                                 ap_before=0.5, ap_after=0.5)
+        triptych.draw_attack_triptych(clean, clean[:, :4], 0.04, tmp_path / "x.png", attack="a", objective="o",
+                                      ap_before=0.5, ap_after=0.5)
     with pytest.raises(ReIDError, match="eps > 0"):
-        vis.difference_map(clean, adversarial, eps=0)
+        triptych.difference_map(clean, adversarial, eps=0)
     with pytest.raises(ReIDError, match=r"\(3, H, W\)"):
-        vis.difference_map(clean.permute(1, 2, 0), adversarial.permute(1, 2, 0), eps=0.04)
+        triptych.difference_map(clean.permute(1, 2, 0), adversarial.permute(1, 2, 0), eps=0.04)

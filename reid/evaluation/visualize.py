@@ -1,4 +1,4 @@
-"""Pictures of ReID results: CMC curves (matplotlib, Agg), ranked lists of queries and attack triptychs (OpenCV).
+"""Pictures of ReID results: CMC curves (matplotlib, Agg) and ranked lists of queries (OpenCV).
 
 A ranked list is one image per query: the query on the left, framed in :data:`QUERY_COLOR` with its AP,
 then its top-k gallery matches under the standard protocol (gallery images of the query's identity taken
@@ -6,10 +6,9 @@ by the query's camera are left out, as in the evaluator), each framed in :data:`
 :data:`MISMATCH_COLOR` with its rank, distance (``d=0.123``), identity and camera underneath, and a
 legend at the bottom. Cameras are written as in the file names, 1-based (``c1`` is camera id 0).
 
-Tiles are laid out by :class:`StripLayout`: every caption line is measured with ``cv2.getTextSize`` and
-the columns are widened (up to :data:`MAX_COLUMN_WIDTH`) or the font shrunk so that no caption leaves its
-column; the search tool's pictures use the same layout. The layout constants, :func:`cell_origin` and
-:func:`canvas_size` are public so that callers (and tests) can find a cell in a ranked list.
+Tiles are laid out by :class:`reid.evaluation.drawing.StripLayout` (captions measured, never leaving their
+column). :func:`cell_origin` and :func:`canvas_size` are public so that callers (and tests) can find a cell
+in a ranked list. Attack triptychs are drawn by :mod:`reid.evaluation.triptych`.
 """
 
 from __future__ import annotations
@@ -27,35 +26,24 @@ import torch
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from reid.evaluation import FeatureDistances, RankResult, evaluate_features, evaluate_rank
+from reid.evaluation.distances import FeatureDistances
+from reid.evaluation.drawing import (
+    BACKGROUND_COLOR,
+    MATCH_COLOR,
+    MISMATCH_COLOR,
+    QUERY_COLOR,
+    LegendEntry,
+    StripLayout,
+    camera_label,
+    compose_with_legend,
+    legend_height,
+    legend_min_width,
+)
+from reid.evaluation.protocol import RankResult
+from reid.evaluation.rank import evaluate_features, evaluate_rank
 from reid.utils.errors import ReIDError
 
 logger = logging.getLogger("reid.evaluation")
-
-# Tile layout, in pixels. A cell is the frame plus the image inside it; a column is a cell with its captions.
-CELL_HEIGHT = 128
-CELL_WIDTH = 64
-FRAME = 5  # frame thickness, inside the cell
-MARGIN = 10  # around the picture and between columns
-QUERY_GAP = 20  # extra space separating the query from its results
-MAX_COLUMN_WIDTH = 240  # captions wider than this shrink their font, then lose their middle ("...")
-CAPTION_SCALE = 0.4  # Hershey simplex font scale of captions...
-MIN_CAPTION_SCALE = 0.3  # ... and the smallest it shrinks to
-CAPTION_PAD = 3  # between a caption and its column's edges
-LINE_HEIGHT = 18  # per caption line: 11 px of text at CAPTION_SCALE, its descent and spacing
-CAPTION_TOP = 16  # from the bottom of a cell to the first caption's baseline
-LEGEND_SCALE = 0.45
-SWATCH = 16  # legend colour square
-
-# BGR colours (OpenCV order).
-QUERY_COLOR = (200, 120, 40)  # blue-ish, neutral
-MATCH_COLOR = (0, 190, 0)  # green: same identity as the query
-MISMATCH_COLOR = (0, 0, 220)  # red: another identity
-UNKNOWN_COLOR = (160, 160, 160)  # grey: identity unknown, or ignored by the protocol
-PLACEHOLDER_COLOR = (128, 128, 128)  # fill of an image that cannot be read
-BACKGROUND_COLOR = (255, 255, 255)
-TEXT_COLOR = (0, 0, 0)
-LEGEND_RULE_COLOR = (200, 200, 200)
 
 MODES = ("worst", "best", "random")
 _FONT = cv2.FONT_HERSHEY_SIMPLEX
@@ -174,160 +162,6 @@ def _cmc_values(cmc: object, what: str) -> np.ndarray:
     if values is None or values.ndim != 1 or values.size == 0 or not np.all(np.isfinite(values)):
         raise ReIDError(f"{what} must be a non-empty list of fractions in [0, 1], got {str(cmc)[:80]}.")
     return values
-
-
-# ------------------------------------------------------------------------------------ tile layout
-def camera_label(camid: int) -> str:
-    """A 0-based camera id written as in the file names: ``c1`` for camera 0; ``c?`` when unknown (< 0)."""
-    camid = int(camid)
-    return f"c{camid + 1}" if camid >= 0 else "c?"
-
-
-def text_width(text: str, scale: float = CAPTION_SCALE) -> int:
-    """Width in pixels of ``text`` drawn with the captions' font at ``scale``."""
-    return cv2.getTextSize(text, _FONT, scale, 1)[0][0]
-
-
-def fit_text(text: str, width: int, scale: float = CAPTION_SCALE) -> tuple[str, float]:
-    """``(text, scale)`` that fits ``width`` pixels: the font shrinks down to :data:`MIN_CAPTION_SCALE`, then
-    the middle of the text is replaced by "..." (the start and the end of a file name say the most)."""
-    if text_width(text, scale) <= width:
-        return text, scale
-    # Glyph widths are rounded to pixels, so the proportional guess may still be a pixel too wide: step down.
-    smaller = math.floor(100 * scale * width / text_width(text, scale)) / 100
-    while smaller >= MIN_CAPTION_SCALE:
-        if text_width(text, smaller) <= width:
-            return text, smaller
-        smaller = round(smaller - 0.01, 2)
-    for keep in range(len(text) - 1, 0, -1):
-        head = (keep + 1) // 2
-        elided = text[:head] + "..." + text[len(text) - (keep - head):]
-        if text_width(elided, MIN_CAPTION_SCALE) <= width:
-            return elided, MIN_CAPTION_SCALE
-    return "...", MIN_CAPTION_SCALE
-
-
-class StripLayout:
-    """Columns of one strip: position 0 (the query), a gap, then positions 1..n (its results).
-
-    Each column holds a cell (:data:`CELL_WIDTH` x :data:`CELL_HEIGHT`, centred) and ``caption_lines`` lines
-    of text under it. ``column_width`` fits the widest caption measured by :meth:`fit` (at most
-    :data:`MAX_COLUMN_WIDTH`); a caption is always drawn inside :meth:`caption_box`, never across columns.
-    """
-
-    def __init__(self, positions: int, column_width: int, caption_lines: int) -> None:
-        self.positions = positions
-        self.column_width = max(int(column_width), CELL_WIDTH)
-        self.caption_lines = caption_lines
-
-    @classmethod
-    def fit(cls, captions: Sequence[Sequence[str]], positions: int | None = None) -> StripLayout:
-        """The layout whose columns fit ``captions`` (one list of lines per tile, of any strips sharing it)."""
-        widest = max((text_width(line) for lines in captions for line in lines), default=0)
-        width = min(max(CELL_WIDTH, widest + 2 * CAPTION_PAD), MAX_COLUMN_WIDTH)
-        lines = max((len(lines) for lines in captions), default=0)
-        return cls(positions if positions is not None else len(captions), width, lines)
-
-    def column_span(self, position: int) -> tuple[int, int]:
-        """``(x0, x1)``: the column's pixels are ``x0 <= x < x1``."""
-        x0 = MARGIN + position * (self.column_width + MARGIN) + (QUERY_GAP if position > 0 else 0)
-        return x0, x0 + self.column_width
-
-    def cell_origin(self, position: int) -> tuple[int, int]:
-        """Top-left ``(x, y)`` of the cell (frame and image) of ``position``."""
-        x0, _ = self.column_span(position)
-        return x0 + (self.column_width - CELL_WIDTH) // 2, MARGIN
-
-    def caption_box(self, position: int, line: int) -> tuple[int, int, int, int]:
-        """``(x0, y0, x1, y1)`` that caption line ``line`` of ``position`` is drawn within."""
-        x0, x1 = self.column_span(position)
-        baseline = MARGIN + CELL_HEIGHT + CAPTION_TOP + line * LINE_HEIGHT
-        return x0 + CAPTION_PAD, baseline - 12, x1 - CAPTION_PAD, baseline + 5
-
-    @property
-    def height(self) -> int:
-        return MARGIN + CELL_HEIGHT + (CAPTION_TOP - LINE_HEIGHT + 6 if self.caption_lines else 0) \
-            + self.caption_lines * LINE_HEIGHT + MARGIN
-
-    @property
-    def width(self) -> int:
-        return self.column_span(max(self.positions - 1, 0))[1] + MARGIN
-
-    def draw(self, canvas: np.ndarray, position: int, path: str, color: tuple, lines: Sequence[str]) -> None:
-        """Draw one framed image (a placeholder when unreadable) and its caption lines into ``canvas``."""
-        x, y = self.cell_origin(position)
-        canvas[y:y + CELL_HEIGHT, x:x + CELL_WIDTH] = color
-        inner = (CELL_HEIGHT - 2 * FRAME, CELL_WIDTH - 2 * FRAME)
-        canvas[y + FRAME:y + CELL_HEIGHT - FRAME, x + FRAME:x + CELL_WIDTH - FRAME] = read_tile_image(path, inner)
-        for line, text in enumerate(lines[:self.caption_lines]):
-            x0, _, x1, y1 = self.caption_box(position, line)
-            text, scale = fit_text(text, x1 - x0)
-            left = x0 + (x1 - x0 - text_width(text, scale)) // 2
-            cv2.putText(canvas, text, (left, y1 - 5), _FONT, scale, TEXT_COLOR, 1, cv2.LINE_AA)
-
-
-# --------------------------------------------------------------------------------------- legends
-#: One legend entry: a frame colour (``None``: text only) and what it means.
-LegendEntry = tuple[tuple[int, int, int] | None, str]
-
-_LEGEND_ROW = 26
-_LEGEND_SPACING = 18
-
-
-def _legend_rows(entries: Sequence[LegendEntry], width: int) -> list[list[tuple[int, LegendEntry]]]:
-    """Entries with their x, flowed into rows no wider than ``width`` (an entry wider than a row gets its own)."""
-    rows: list[list[tuple[int, LegendEntry]]] = [[]]
-    x = MARGIN
-    for entry in entries:
-        entry_width = _legend_entry_width(entry)
-        if rows[-1] and x + entry_width > width - MARGIN:
-            rows.append([])
-            x = MARGIN
-        rows[-1].append((x, entry))
-        x += entry_width + _LEGEND_SPACING
-    return rows
-
-
-def _legend_entry_width(entry: LegendEntry) -> int:
-    color, label = entry
-    return (SWATCH + 6 if color is not None else 0) + text_width(label, LEGEND_SCALE)
-
-
-def legend_min_width(entries: Sequence[LegendEntry]) -> int:
-    """Width a picture needs so that every legend entry fits on a row."""
-    return max((_legend_entry_width(e) for e in entries), default=0) + 2 * MARGIN
-
-
-def legend_height(entries: Sequence[LegendEntry], width: int) -> int:
-    return len(_legend_rows(entries, width)) * _LEGEND_ROW + MARGIN if entries else 0
-
-
-def draw_legend(canvas: np.ndarray, top: int, entries: Sequence[LegendEntry]) -> None:
-    """Draw ``entries`` (frame-colour squares and their meaning) in rows from ``top``, under a thin rule."""
-    width = canvas.shape[1]
-    canvas[top:top + 1, MARGIN:width - MARGIN] = LEGEND_RULE_COLOR
-    for row, placed in enumerate(_legend_rows(entries, width)):
-        y = top + MARGIN // 2 + row * _LEGEND_ROW + (_LEGEND_ROW - SWATCH) // 2
-        for x, (color, label) in placed:
-            if color is not None:
-                canvas[y:y + SWATCH, x:x + SWATCH] = color
-                canvas[y + 4:y + SWATCH - 4, x + 4:x + SWATCH - 4] = BACKGROUND_COLOR  # a frame, as on the tiles
-                x += SWATCH + 6
-            cv2.putText(canvas, label, (x, y + SWATCH - 3), _FONT, LEGEND_SCALE, TEXT_COLOR, 1, cv2.LINE_AA)
-
-
-def compose_with_legend(strips: Sequence[np.ndarray], entries: Sequence[LegendEntry]) -> np.ndarray:
-    """Strips stacked top to bottom (left-aligned), then the legend; as wide as the widest of them."""
-    width = max([s.shape[1] for s in strips] + [legend_min_width(entries)])
-    strips_height = sum(s.shape[0] for s in strips)
-    canvas = np.full((strips_height + legend_height(entries, width), width, 3), BACKGROUND_COLOR, np.uint8)
-    y = 0
-    for strip in strips:
-        canvas[y:y + strip.shape[0], :strip.shape[1]] = strip
-        y += strip.shape[0]
-    if entries:
-        draw_legend(canvas, y, entries)
-    return canvas
 
 
 # ------------------------------------------------------------------------------------- ranked lists
@@ -496,168 +330,6 @@ def _render(q_path: str, q_ap: float, q_pid, q_camid, results: list, topk: int) 
     for position, (path, _, is_match, _, _) in enumerate(results, start=1):
         layout.draw(strip, position, path, MATCH_COLOR if is_match else MISMATCH_COLOR, captions[position])
     return compose_with_legend([strip], RANKED_LEGEND)
-
-
-def read_tile_image(path: str, size: tuple[int, int]) -> np.ndarray:
-    """The image resized to ``size`` (h, w), or a grey placeholder naming the file when it cannot be read."""
-    height, width = size
-    image = cv2.imread(str(path), cv2.IMREAD_COLOR) if Path(path).is_file() else None
-    if image is not None:
-        return cv2.resize(image, (width, height), interpolation=cv2.INTER_AREA)
-    logger.warning(f"Cannot read image {path}; drawing a grey placeholder instead.")
-    cell = np.full((height, width, 3), PLACEHOLDER_COLOR, np.uint8)
-    name = Path(path).name
-    per_line = 8  # characters that fit the cell width at this font size
-    for i in range(0, min(len(name), 6 * per_line), per_line):
-        cv2.putText(cell, name[i:i + per_line], (2, 14 + 12 * (i // per_line)), _FONT, 0.3, (255, 255, 255), 1,
-                    cv2.LINE_AA)
-    return cell
-
-
-# ------------------------------------------------------------------------------- attack triptychs
-TRIPTYCH_HEIGHT = 256  # images are upscaled (nearest neighbour, a whole factor) to about this height
-TRIPTYCH_COLORMAP = cv2.COLORMAP_VIRIDIS  # |difference| / eps: 0 dark blue ... eps and above yellow
-_TRIPTYCH_MIN_WIDTH = 440  # room for the title
-_TITLE_SCALE = 0.5
-_TITLE_LINE = 22
-_LABEL_LINE = 20
-_COLORBAR = 10
-
-
-class TriptychLayout:
-    """Geometry of an attack triptych: a two-line title, then clean | adversarial | difference, each labelled
-    above, and a colour bar (0 .. eps) under the difference."""
-
-    def __init__(self, image_height: int, image_width: int, height: int = TRIPTYCH_HEIGHT) -> None:
-        self.factor = max(1, round(height / image_height))
-        self.panel_height, self.panel_width = image_height * self.factor, image_width * self.factor
-        panels_width = 3 * self.panel_width + 2 * MARGIN
-        self.width = max(panels_width, _TRIPTYCH_MIN_WIDTH) + 2 * MARGIN
-        self.left = (self.width - panels_width) // 2
-        self.panels_top = MARGIN + 2 * _TITLE_LINE + _LABEL_LINE
-        self.colorbar_top = self.panels_top + self.panel_height + 6
-        self.height = self.colorbar_top + _COLORBAR + 18 + MARGIN
-
-    def panel_origin(self, index: int) -> tuple[int, int]:
-        """Top-left ``(x, y)`` of panel ``index``: 0 clean, 1 adversarial, 2 difference."""
-        return self.left + index * (self.panel_width + MARGIN), self.panels_top
-
-
-def difference_map(clean, adversarial, eps: float, scale: float | None = None) -> np.ndarray:
-    """Per pixel, the largest absolute change over the colour channels times ``scale`` (default ``1 / eps``),
-    clipped to [0, 1]: with the default, 1 means the pixel moved by the whole budget."""
-    clean_hwc, adversarial_hwc = _triptych_images(clean, adversarial)
-    scale = _difference_scale(eps, scale)
-    return np.clip(np.abs(adversarial_hwc - clean_hwc).max(axis=2) * scale, 0.0, 1.0)
-
-
-def colorize_difference(difference: np.ndarray) -> np.ndarray:
-    """A [0, 1] map as a BGR image with :data:`TRIPTYCH_COLORMAP`."""
-    levels = np.round(np.clip(difference, 0, 1) * 255).astype(np.uint8)
-    return cv2.applyColorMap(levels, TRIPTYCH_COLORMAP)
-
-
-def format_eps(eps: float) -> str:
-    """``8/255`` for a whole number of 8-bit levels, else the value (``0.01``)."""
-    levels = eps * 255
-    return f"{round(levels)}/255" if abs(levels - round(levels)) < 1e-6 else f"{eps:.4g}"
-
-
-def ap_of(result: RankResult, query: int) -> float | None:
-    """The AP of query ``query`` (its index in the query set) in ``result``; ``None`` when it has no true
-    match (the evaluator leaves it out). For the triptych's ``ap_before`` / ``ap_after``."""
-    found = np.flatnonzero(np.asarray(result.query_indices) == query)
-    return float(result.AP[found[0]]) if len(found) else None
-
-
-def draw_attack_triptych(clean, adversarial, eps: float, path: str | Path, *, attack: str, objective: str,
-                         ap_before: float | None, ap_after: float | None, scale: float | None = None,
-                         height: int = TRIPTYCH_HEIGHT) -> Path:
-    """Write clean | adversarial | |difference| of one attacked query, upscaled and labelled, to ``path``.
-
-    ``clean``, ``adversarial``: RGB images in [0, 1], (3, H, W) tensors or arrays, as the attacks produce.
-    ``eps``: the attack budget in the same [0, 1] units. The difference panel shows, per pixel, the largest
-    change over the channels times ``scale`` (default ``1 / eps``, so the budget is the top of the colour
-    map; a sign attack that moves nearly every pixel by eps is then uniformly bright, not a white panel)
-    through :data:`TRIPTYCH_COLORMAP`, with a colour bar from 0 to eps underneath. The title names the attack,
-    its objective and eps, and the query's AP before and after (fractions, shown in percent; ``None``:
-    n/a). Images are upscaled by a whole factor with nearest-neighbour sampling to about ``height`` pixels so
-    the perturbation's pixels stay visible. Use a .png path: JPEG would blur the difference.
-    """
-    clean_hwc, adversarial_hwc = _triptych_images(clean, adversarial)
-    scale = _difference_scale(eps, scale)
-    layout = TriptychLayout(clean_hwc.shape[0], clean_hwc.shape[1], height)
-    canvas = np.full((layout.height, layout.width, 3), BACKGROUND_COLOR, np.uint8)
-    difference = colorize_difference(difference_map(clean, adversarial, eps, scale))
-    panels = [_to_bgr8(clean_hwc), _to_bgr8(adversarial_hwc), difference]
-    labels = ["clean", "adversarial", f"|difference| x {scale:.3g}"]
-    size = (layout.panel_width, layout.panel_height)
-    for index, (panel, label) in enumerate(zip(panels, labels)):
-        x, y = layout.panel_origin(index)
-        canvas[y:y + layout.panel_height, x:x + layout.panel_width] = cv2.resize(
-            panel, size, interpolation=cv2.INTER_NEAREST)
-        text, text_scale = fit_text(label, layout.panel_width)
-        cv2.putText(canvas, text, (x, y - 6), _FONT, text_scale, TEXT_COLOR, 1, cv2.LINE_AA)
-    _draw_colorbar(canvas, layout, format_eps(1 / scale if scale > 0 else eps))
-
-    title = f"{attack} ({objective}), eps {format_eps(eps)}"
-    ap_line = f"query AP {_percent(ap_before)} clean -> {_percent(ap_after)} adversarial"
-    for line, text in enumerate((title, ap_line)):
-        text, text_scale = fit_text(text, layout.width - 2 * MARGIN, _TITLE_SCALE)
-        cv2.putText(canvas, text, (MARGIN, MARGIN + 15 + line * _TITLE_LINE), _FONT, text_scale, TEXT_COLOR, 1,
-                    cv2.LINE_AA)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        written = cv2.imwrite(str(path), canvas)
-    except cv2.error:  # an extension OpenCV does not know
-        written = False
-    if not written:
-        raise ReIDError(f"Could not write the attack triptych {path}: use a .png name in a writable folder.")
-    return path
-
-
-def _draw_colorbar(canvas: np.ndarray, layout: TriptychLayout, top_label: str) -> None:
-    x, _ = layout.panel_origin(2)
-    ramp = np.linspace(0, 1, layout.panel_width)[None, :].repeat(_COLORBAR, axis=0)
-    canvas[layout.colorbar_top:layout.colorbar_top + _COLORBAR, x:x + layout.panel_width] = colorize_difference(ramp)
-    baseline = layout.colorbar_top + _COLORBAR + 14
-    cv2.putText(canvas, "0", (x, baseline), _FONT, CAPTION_SCALE, TEXT_COLOR, 1, cv2.LINE_AA)
-    right = x + layout.panel_width - text_width(top_label)
-    cv2.putText(canvas, top_label, (right, baseline), _FONT, CAPTION_SCALE, TEXT_COLOR, 1, cv2.LINE_AA)
-
-
-def _triptych_images(clean, adversarial) -> tuple[np.ndarray, np.ndarray]:
-    """Both images as float32 (H, W, 3) RGB arrays, checked to be the same size."""
-    images = []
-    for name, image in (("clean", clean), ("adversarial", adversarial)):
-        array = _to_numpy(image).astype(np.float32)
-        if array.ndim != 3 or array.shape[0] != 3:
-            raise ReIDError(f"The {name} image of a triptych must be a (3, H, W) RGB image in [0, 1], got shape "
-                            f"{tuple(array.shape)}.")
-        images.append(array.transpose(1, 2, 0))
-    if images[0].shape != images[1].shape:
-        raise ReIDError(f"The clean and adversarial images differ in size: {images[0].shape[:2]} vs "
-                        f"{images[1].shape[:2]}.")
-    return images[0], images[1]
-
-
-def _difference_scale(eps: float, scale: float | None) -> float:
-    if scale is None:
-        if not eps > 0:
-            raise ReIDError(f"A triptych needs eps > 0 to scale its difference panel, got {eps!r}; or pass scale.")
-        return 1.0 / eps
-    if not scale > 0:
-        raise ReIDError(f"The difference scale must be positive, got {scale!r}.")
-    return float(scale)
-
-
-def _to_bgr8(rgb: np.ndarray) -> np.ndarray:
-    return np.ascontiguousarray((np.clip(rgb, 0, 1) * 255).round().astype(np.uint8)[:, :, ::-1])
-
-
-def _percent(value: float | None) -> str:
-    return "n/a" if value is None or not math.isfinite(value) else f"{100 * value:.1f}%"
 
 
 def _to_numpy(x) -> np.ndarray:

@@ -21,7 +21,7 @@ from reid.engine.run import lock_output, setup_run, write_results
 from reid.evaluation.attacks import PGD_ALPHA_FACTOR, AttackRun, plan_runs
 from reid.evaluation.rank import RankResult
 from reid.evaluation.robustness import ATTACK_PROTOCOL, AttackedBatch, evaluate_attacks, format_attack_table
-from reid.evaluation.visualize import ap_of, draw_attack_triptych
+from reid.evaluation.triptych import ap_of, draw_attack_triptych
 from reid.modeling import load_model
 from reid.utils.errors import ConfigError, ReIDError
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from reid.evaluation.visualize import (
+from reid.evaluation.drawing import (
     BACKGROUND_COLOR,
     MATCH_COLOR,
     MISMATCH_COLOR,
