@@ -70,6 +70,8 @@ _C.INPUT.FLIP_PROB = 0.5  # probability of a horizontal flip
 _C.INPUT.PADDING = 10  # zero padding before the random crop back to SIZE_TRAIN; 0 disables
 _C.INPUT.RE_PROB = 0.5  # probability of random erasing (input-level, filled with the pixel mean)
 _C.INPUT.RE_AREA = (0.02, 0.4)  # random erasing area range, fraction of the image
+# Issue 13 (tensor data backend, BoT's erasing)
+_C.INPUT.RE_STYLE = "bot"  # "bot" (BoT: uniform aspect, 100 tries, fill = PIXEL_MEAN once normalised) or "torchvision"
 
 # ---------------------------------------------------------------------------------------------
 _C.DATASETS = CN()
@@ -81,6 +83,10 @@ _C.DATALOADER = CN()
 _C.DATALOADER.NUM_WORKERS = 4  # loader processes; 0 loads in the main process
 _C.DATALOADER.SAMPLER = "pk"  # "pk" (P identities x K images, needed by triplet) or "random"
 _C.DATALOADER.NUM_INSTANCE = 4  # K: images per identity in a batch; P = IMS_PER_BATCH / K
+# Issue 13 (tensor data backend)
+_C.DATALOADER.BACKEND = "auto"  # "tensor" (decoded once, augmented in batches on the device), "workers" or "auto"
+_C.DATALOADER.TENSOR_BUDGET_GB = 0.0  # "auto" picks "tensor" when decoded train+test fit this; 0: half device memory
+_C.DATALOADER.CACHE_DIR = ""  # decoded-image cache; "" = $XDG_CACHE_HOME/lfm-reid (or ~/.cache/lfm-reid), "none" = off
 
 # ---------------------------------------------------------------------------------------------
 _C.SOLVER = CN()

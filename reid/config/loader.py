@@ -308,6 +308,15 @@ def _check_ranges(cfg: CN) -> None:
     if any(eps < 0 for eps in cfg.TEST.ATTACK.EPS):
         raise ConfigError(
             f"Config key TEST.ATTACK.EPS must hold budgets >= 0 (in 1/255), got {tuple(cfg.TEST.ATTACK.EPS)}.")
+    # Issue 13: the tensor data backend and BoT's erasing.
+    for key, allowed in (("INPUT.RE_STYLE", ("bot", "torchvision")),
+                         ("DATALOADER.BACKEND", ("auto", "tensor", "workers"))):
+        if _get(cfg, key) not in allowed:
+            raise ConfigError(f"Config key {key} is {_get(cfg, key)!r}; expected one of "
+                              f"{', '.join(map(repr, allowed))}.")
+    if not 0.0 <= cfg.DATALOADER.TENSOR_BUDGET_GB < float("inf"):
+        raise ConfigError(f"Config key DATALOADER.TENSOR_BUDGET_GB must be 0 (half the device's memory) or a "
+                          f"positive number of GiB, got {cfg.DATALOADER.TENSOR_BUDGET_GB}.")
 
 
 def _get(cfg: CN, key: str) -> Any:
