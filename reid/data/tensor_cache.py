@@ -1,9 +1,9 @@
 """Decode a list of images once into one uint8 (N, 3, H, W) tensor, with a disk cache that is never trusted blindly.
 
 Images are read in parallel threads (OpenCV releases the GIL) and resized in the calling thread with the
-loaders' own resize (:func:`reid.data.transforms.build_resize`: torch kernels started from many threads
-would each bring an OpenMP team and oversubscribe the cores), so a cached image equals, pixel for pixel,
-what the workers path feeds the model.
+loaders' own resize (:func:`reid.data.transforms.build_resize`, one intra-op thread: torch kernels
+started from many threads would each bring an OpenMP team and oversubscribe the cores), so a cached
+image equals, pixel for pixel, what the workers path feeds the model.
 
 The cache file is raw bytes behind a JSON header (no pickle: loading it runs no code)::
 
@@ -18,6 +18,7 @@ interrupted write never leaves a half file under the real name.
 from __future__ import annotations
 
 import collections
+import contextlib
 import hashlib
 import json
 import logging
@@ -34,6 +35,7 @@ import numpy as np
 import torch
 import torchvision
 
+from reid.data.cpu_threads import single_threaded
 from reid.data.io import read_image
 from reid.data.transforms import build_resize
 
@@ -112,7 +114,7 @@ def _decode(paths: list[str], size: tuple[int, int], name: str, threads: int | N
     logger.info(f"Decoding {len(paths)} images of {name} at {size[0]}x{size[1]} with {threads} threads.")
     # A bounded window of reads in flight keeps memory flat when resizing falls behind the readers.
     window = 8 * threads
-    with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="decode") as pool:
+    with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="decode") as pool, single_threaded():
         pending: collections.deque[Future] = collections.deque()
         submitted = 0
         try:
@@ -157,7 +159,8 @@ def save_cache(path: Path, images: torch.Tensor, files: list[list], size: tuple[
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except OSError as exc:
-        tmp.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
         logger.warning(f"Could not write the decoded-image cache {path} ({exc}); the next run decodes again. "
                        "Set DATALOADER.CACHE_DIR to a writable folder (or none to skip the cache).")
         return False

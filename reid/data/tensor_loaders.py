@@ -14,6 +14,7 @@ import torch
 from torchvision.transforms.v2 import functional as TF
 
 from reid.data.batch_augment import AugmentParams, AugmentSettings, apply_params, draw_params, pad_images
+from reid.data.cpu_threads import single_threaded
 from reid.data.datasets import ImageRecord
 
 
@@ -96,11 +97,13 @@ class TensorTrainLoader:
     def make_batch(self, indices: Sequence[int]) -> dict:
         """The augmented batch of the records at ``indices``; draws from :attr:`generator`."""
         index = torch.as_tensor(indices, dtype=torch.long)
-        params = draw_params(self.generator, len(index), self.settings)
-        # One host-to-device copy carries the indices and every parameter.
-        device_index, device_params = AugmentParams.unpack(params.pack(index).to(self.device, non_blocking=True))
-        images = apply_params(self.padded, device_index, device_params, self.settings, self.fill,
-                              self.channels_last)
+        with single_threaded(self.device):
+            params = draw_params(self.generator, len(index), self.settings)
+            # One host-to-device copy carries the indices and every parameter.
+            packed = params.pack(index).to(self.device, non_blocking=True)
+            device_index, device_params = AugmentParams.unpack(packed)
+            images = apply_params(self.padded, device_index, device_params, self.settings, self.fill,
+                                  self.channels_last)
         return {"images": images, **self.dataset.labels(index)}
 
 
@@ -127,6 +130,8 @@ class TensorTestLoader:
         for start in range(0, len(self.dataset), self.batch_size):
             index = torch.arange(start, min(start + self.batch_size, len(self.dataset)))
             batch = images[start:start + len(index)]
-            if self.channels_last:
-                batch = batch.contiguous(memory_format=torch.channels_last)
-            yield {"images": TF.to_dtype(batch, torch.float32, scale=True), **self.dataset.labels(index)}
+            with single_threaded(images.device):
+                if self.channels_last:
+                    batch = batch.contiguous(memory_format=torch.channels_last)
+                batch = TF.to_dtype(batch, torch.float32, scale=True)
+            yield {"images": batch, **self.dataset.labels(index)}
