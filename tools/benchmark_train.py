@@ -12,6 +12,9 @@ alike; the median over rounds is reported with the ratio tensor / workers. The t
 data set once and to load it back from the decoded-image cache is reported too.
 
 Without ``--root`` a synthetic Market-style data set is generated once under the user's cache folder.
+On a shared machine, OpenMP threads that spin while waiting burn the cores the other processes need (a
+2-thread ResNet-18 step ran 4x slower than 1 thread on 2 cores at load 7): the tool sets
+OMP_WAIT_POLICY=PASSIVE unless it is set already (``OMP_WAIT_POLICY=ACTIVE`` measures torch's default).
 
     python tools/benchmark_train.py --device cpu --threads 2                    # CPU rows (minutes)
     python tools/benchmark_train.py --device cuda                               # CUDA rows
@@ -20,20 +23,23 @@ Without ``--root`` a synthetic Market-style data set is generated once under the
 
 from __future__ import annotations
 
-import argparse
-import itertools
 import os
-import platform
-import statistics
-import sys
-import tempfile
-import time
-from collections.abc import Callable, Iterator
-from contextlib import nullcontext
-from dataclasses import dataclass
-from pathlib import Path
 
-import torch
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads OpenMP; see the docstring
+
+import argparse  # noqa: E402
+import itertools  # noqa: E402
+import platform  # noqa: E402
+import statistics  # noqa: E402
+import sys  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+from collections.abc import Callable, Iterator  # noqa: E402
+from contextlib import nullcontext  # noqa: E402
+from dataclasses import dataclass  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
@@ -77,6 +83,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--rows", default=None, help=f"comma-separated rows; cpu: {','.join(CPU_ROWS)}; "
                         f"cuda: {','.join(CUDA_ROWS)} (default: all rows of the device)")
     parser.add_argument("--root", default=None, help="DATASETS.ROOT holding synthetic_market (default: generate)")
+    parser.add_argument("--parts", default="data,step,extract",
+                        help="which of (a) data, (b) step, (c) extract to measure (comma-separated)")
     parser.add_argument("--rounds", type=int, default=2, help="interleaved rounds (median reported)")
     parser.add_argument("--data-batches", type=int, default=None, help="timed batches of (a) (cpu 12, cuda 100)")
     parser.add_argument("--steps", type=int, default=None, help="timed training steps of (b) (cpu 3, cuda 30)")
@@ -205,26 +213,30 @@ def run_row(row: Row, args: argparse.Namespace, root: str, device: torch.device,
                 net(images)
         return run
 
+    parts = args.parts.split(",")
     first_batch = next(batches["tensor"])
-    train_net = compiled_or_eager(model, row.compile, lambda net: train_step(net)(first_batch), notes)
-    eval_net = compiled_or_eager(model, row.compile and train_net is not model,
-                                 lambda net: extract(net)(first_batch), notes)
+    train_net = eval_net = model
+    if "step" in parts:
+        train_net = compiled_or_eager(model, row.compile, lambda net: train_step(net)(first_batch), notes)
+    if "extract" in parts:
+        eval_net = compiled_or_eager(model, row.compile and (train_net is not model or "step" not in parts),
+                                     lambda net: extract(net)(first_batch), notes)
 
     data_batches = args.data_batches or (100 if on_cuda else 12)
     steps = args.steps or (30 if on_cuda else 3)
     results: dict[str, dict[str, list[float]]] = {b: {"data": [], "step": [], "extract": []} for b in BACKENDS}
     for round_index in range(args.rounds):
         order = BACKENDS if round_index % 2 == 0 else BACKENDS[::-1]
-        for backend in order:
+        for backend in order if "data" in parts else ():
             results[backend]["data"].append(rate(batches[backend], data_batches, warmup, data_only, device))
-        for backend in order:
+        for backend in order if "step" in parts else ():
             results[backend]["step"].append(rate(batches[backend], steps, warmup, train_step(train_net), device))
-        for backend in order:
+        for backend in order if "extract" in parts else ():
             loader = test[backend].loader
             count = args.extract_batches or (len(loader) if on_cuda else 4)
             warm = min(warmup, max(len(loader) - count, 0))
             results[backend]["extract"].append(rate(iter(loader), count, warm, extract(eval_net), device))
-    medians = {b: {k: statistics.median(v) for k, v in results[b].items()} for b in BACKENDS}
+    medians = {b: {k: statistics.median(v) if v else float("nan") for k, v in results[b].items()} for b in BACKENDS}
     return {"row": row, "medians": medians, "decode_s": decode_s, "cached_s": cached_s,
             "train_images": len(data["tensor"].loader.dataset), "workers": workers}
 
@@ -255,8 +267,8 @@ def main() -> None:
     notes: list[str] = []
     reports = [run_row(catalogue[name], args, root, device, notes) for name in names]
 
-    print(f"\n{machine_description(device)}; torch {torch.__version__}; data {root}; median of {args.rounds} "
-          "interleaved round(s); images/s.\n")
+    print(f"\n{machine_description(device)}; torch {torch.__version__}; OMP_WAIT_POLICY "
+          f"{os.environ['OMP_WAIT_POLICY']}; data {root}; median of {args.rounds} interleaved round(s); images/s.\n")
     print("| row | backend | (a) data path | (b) training step | (c) test extraction |")
     print("|---|---|---:|---:|---:|")
     for report in reports:

@@ -122,7 +122,11 @@ def build_train_loader(cfg: CfgNode, rank: int = 0, world_size: int = 1) -> Trai
     With ``world_size`` > 1 each process gets SOLVER.IMS_PER_BATCH / world_size images per step. Give every
     process the same non-negative SEED so that they agree on the global batch order.
     """
-    records, datasets, num_classes, num_cameras = _train_records(cfg, rank)
+    return _workers_train_data(cfg, *_train_records(cfg, rank), rank, world_size)
+
+
+def _workers_train_data(cfg: CfgNode, records: list[ImageRecord], datasets: dict[str, ReIDDataset], num_classes: int,
+                        num_cameras: int, rank: int, world_size: int) -> TrainData:
     image_dataset = ImageDataset(records, build_transforms(cfg, is_train=True))
     seed = _resolved_seed(cfg)
     sampler, batch_sampler = _train_sampler(cfg, records, seed, rank, world_size)
@@ -224,7 +228,7 @@ def build_train_data(cfg: CfgNode, rank: int = 0, world_size: int = 1,
     if rank == 0:
         logger.info(f"Data backend: {backend} ({reason}).")
     if backend == "workers":
-        data = build_train_loader(cfg, rank, world_size)
+        data = _workers_train_data(cfg, records, datasets, num_classes, num_cameras, rank, world_size)
         data.backend_reason = reason
         return data
     seed = _resolved_seed(cfg)
