@@ -294,3 +294,23 @@ def test_draw_params_are_reproducible_and_in_range() -> None:
     assert a.crop_top.max() <= 2 * settings.padding and a.crop_left.min() >= 0
     index, unpacked = AugmentParams.unpack(a.pack(torch.arange(256)))
     assert torch.equal(index, torch.arange(256)) and torch.equal(unpacked.erase_width, a.erase_width)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.cuda
+def test_cuda_batches_equal_cpu_batches() -> None:
+    """The same parameters give the same pixels on the GPU (gathers through the byte-window view included)."""
+    cfg = config("INPUT.SIZE_TRAIN", "(256, 128)", "INPUT.PADDING", "10", "INPUT.RE_PROB", "0.8")
+    settings = augment_settings(cfg)
+    generator = torch.Generator().manual_seed(5)
+    images = torch.randint(0, 256, (300, 3, 256, 128), dtype=torch.uint8, generator=generator)
+    padded = pad_images(images, settings.padding)
+    index = torch.randint(0, 300, (256,), generator=generator)
+    params = draw_params(generator, 256, settings)
+    fill = torch.tensor(settings.erase.fill)
+    expected = apply_params(padded, index, params, settings, fill)
+    cuda_index, cuda_params = AugmentParams.unpack(params.pack(index).cuda())
+    for channels_last in (False, True):
+        batch = apply_params(padded.cuda(), cuda_index, cuda_params, settings, fill.cuda(), channels_last)
+        assert batch.device.type == "cuda" and torch.equal(batch.cpu(), expected)
+        assert batch.is_contiguous(memory_format=torch.channels_last) == channels_last
