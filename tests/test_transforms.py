@@ -1,4 +1,7 @@
-"""BoT transforms: shape, dtype, [0, 1] range; train randomness vs test determinism; mean-filled erasing."""
+"""BoT transforms: shape, dtype, [0, 1] range; train randomness vs test determinism; each erasing style's fill.
+
+The distributions of the erasing styles are checked in tests/test_batch_augment.py, beside the tensor path's.
+"""
 
 from __future__ import annotations
 
@@ -6,8 +9,11 @@ import numpy as np
 import pytest
 import torch
 
+from torchvision.transforms import v2
+
 from reid.config.loader import load_config
 from reid.data import build_transforms, to_tensor_image
+from reid.data.transforms import BotRandomErasing
 
 
 def random_image(height: int = 40, width: int = 20) -> np.ndarray:
@@ -39,31 +45,33 @@ def test_train_transform_shape_range_and_randomness() -> None:
     assert torch.equal(outs[0], transform(img))  # reproducible from torch's seed
 
 
-def test_random_erasing_fills_with_the_pixel_mean() -> None:
-    mean = (0.25, 0.5, 0.75)
-    cfg = load_config(
-        None,
-        [
-            "INPUT.SIZE_TRAIN",
-            "(32, 16)",
-            "INPUT.FLIP_PROB",
-            "0",
-            "INPUT.PADDING",
-            "0",
-            "INPUT.RE_PROB",
-            "1.0",
-            "INPUT.RE_AREA",
-            "(0.3, 0.3)",
-            "MODEL.PIXEL_MEAN",
-            str(mean),
-        ],
-    )
+@pytest.mark.parametrize("style", ["bot", "torchvision"])
+def test_random_erasing_fill_of_each_style(style: str) -> None:
+    mean, std = (0.25, 0.5, 0.75), (0.2, 0.3, 0.1)
+    cfg = load_config(None, ["INPUT.SIZE_TRAIN", "(32, 16)", "INPUT.FLIP_PROB", "0", "INPUT.PADDING", "0",
+                             "INPUT.RE_PROB", "1.0", "INPUT.RE_AREA", "(0.3, 0.3)", "INPUT.RE_STYLE", style,
+                             "MODEL.PIXEL_MEAN", str(mean), "MODEL.PIXEL_STD", str(std)])
     img = np.zeros((32, 16, 3), np.uint8)
     out = build_transforms(cfg, is_train=True)(img)
     erased = out.sum(dim=0) > 0
     assert 0.2 < erased.float().mean() < 0.4
-    for channel, value in enumerate(mean):
-        assert torch.allclose(out[channel][erased], torch.tensor(value))
+    for channel, (m, s) in enumerate(zip(mean, std)):
+        # BoT writes the mean into the normalised image: the model's (x - mean) / std must give it back.
+        expected = m + m * s if style == "bot" else m
+        assert torch.allclose(out[channel][erased], torch.tensor(expected))
+        normalised = (out[channel][erased] - m) / s
+        assert torch.allclose(normalised, torch.tensor(m if style == "bot" else 0.0), atol=1e-6)
+
+
+def test_each_style_builds_its_erasing() -> None:
+    bot = build_transforms(load_config(None, []), is_train=True).transforms
+    tv = build_transforms(load_config(None, ["INPUT.RE_STYLE", "torchvision"]), is_train=True).transforms
+    bot_erasing = [t for t in bot if isinstance(t, v2.RandomErasing)]
+    tv_erasing = [t for t in tv if isinstance(t, v2.RandomErasing)]
+    assert len(bot_erasing) == len(tv_erasing) == 1
+    assert isinstance(bot_erasing[0], BotRandomErasing) and bot_erasing[0].attempts == 100
+    assert bot_erasing[0].ratio == pytest.approx((0.3, 1 / 0.3)) and bot_erasing[0].scale == (0.02, 0.4)
+    assert type(tv_erasing[0]) is v2.RandomErasing and tv_erasing[0].ratio == (0.3, 3.3)
 
 
 def test_flip_and_crop_can_be_disabled() -> None:

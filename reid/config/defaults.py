@@ -49,6 +49,7 @@ _C.INPUT.FLIP_PROB = 0.5  # probability of a horizontal flip
 _C.INPUT.PADDING = 10  # zero padding before the random crop back to SIZE_TRAIN; 0 disables
 _C.INPUT.RE_PROB = 0.5  # probability of random erasing (input-level, filled with the pixel mean)
 _C.INPUT.RE_AREA = (0.02, 0.4)  # random erasing area range, fraction of the image
+_C.INPUT.RE_STYLE = "bot"  # "bot" (BoT: uniform aspect, 100 tries, fill = PIXEL_MEAN once normalised) or "torchvision"
 _C.INPUT.MAX_IMAGE_PIXELS = 50_000_000  # images with more pixels are refused from their header, before decoding
 
 # ---------------------------------------------------------------------------------------------
@@ -62,6 +63,9 @@ _C.DATALOADER = CN()
 _C.DATALOADER.NUM_WORKERS = 4  # loader processes; 0 loads in the main process
 _C.DATALOADER.SAMPLER = "pk"  # "pk" (P identities x K images, needed by triplet) or "random"
 _C.DATALOADER.NUM_INSTANCE = 4  # K: images per identity in a batch; P = IMS_PER_BATCH / K
+_C.DATALOADER.BACKEND = "auto"  # "tensor" (decoded once, augmented in batches on the device), "workers" or "auto"
+_C.DATALOADER.TENSOR_BUDGET_GB = 0.0  # "auto" picks "tensor" when decoded train+test fit this; 0: half device memory
+_C.DATALOADER.CACHE_DIR = ""  # decoded-image cache; "" = $XDG_CACHE_HOME/lfm-reid (or ~/.cache/lfm-reid), "none" = off
 
 # ---------------------------------------------------------------------------------------------
 _C.SOLVER = CN()
@@ -119,12 +123,14 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "DATALOADER.SAMPLER": ("pk", "random"),
     "TEST.METRIC": ("cosine", "euclidean"),
     "TEST.BEST_METRIC": ("mAP", "R1", "mINP"),
+    "INPUT.RE_STYLE": ("bot", "torchvision"),
+    "DATALOADER.BACKEND": ("auto", "tensor", "workers"),
 }
 POSITIVE = ("SOLVER.BASE_LR", "SOLVER.MAX_EPOCHS", "SOLVER.IMS_PER_BATCH", "TEST.IMS_PER_BATCH",
             "DATALOADER.NUM_INSTANCE", "TEST.MAX_RANK", "SOLVER.LOG_PERIOD")
 AT_LEAST_ONE = ("TEST.RERANK_K1", "TEST.RERANK_K2", "INPUT.MAX_IMAGE_PIXELS")
 NON_NEGATIVE = ("DATALOADER.NUM_WORKERS", "SOLVER.WARMUP_EPOCHS", "TEST.EVAL_PERIOD", "SOLVER.CHECKPOINT_PERIOD",
-                "TEST.REPORT_QUERIES")
+                "TEST.REPORT_QUERIES", "DATALOADER.TENSOR_BUDGET_GB")
 PROBABILITIES = ("INPUT.FLIP_PROB", "INPUT.RE_PROB", "TEST.RERANK_LAMBDA")
 AREA_RANGES = ("INPUT.RE_AREA",)  # (low, high) with 0 < low <= high <= 1
 IMAGE_SIZES = ("INPUT.SIZE_TRAIN", "INPUT.SIZE_TEST")  # (height, width), both positive
