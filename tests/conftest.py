@@ -10,6 +10,21 @@ import torch
 torch.set_num_threads(2)
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _private_cache_folder(tmp_path_factory):
+    """The decoded-image cache (tensor backend) goes to a folder of the test session, never ~/.cache; tools
+    run as subprocesses inherit it."""
+    import os
+
+    previous = os.environ.get("XDG_CACHE_HOME")
+    os.environ["XDG_CACHE_HOME"] = str(tmp_path_factory.mktemp("cache"))
+    yield
+    if previous is None:
+        os.environ.pop("XDG_CACHE_HOME", None)
+    else:
+        os.environ["XDG_CACHE_HOME"] = previous
+
+
 @pytest.fixture(scope="session")
 def synthetic_root(tmp_path_factory) -> Path:
     """A data root holding small ``synthetic_market`` and ``synthetic_duke`` domains."""

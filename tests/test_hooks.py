@@ -142,3 +142,26 @@ def _state_at_epoch_one(folder) -> dict:
     """last.pth rewound to epoch 1 (iteration 3), as if the run had been killed during epoch 2."""
     state = load_checkpoint(folder / "last.pth")
     return {**state, "epoch": 1, "iteration": 3}
+
+
+def test_a_failing_torch_compile_falls_back_to_the_eager_model(tmp_path, monkeypatch, caplog):
+    """Compilation happens at the first step: when it fails, the step is redone without it, once, with a
+    message; training goes on and the checkpoint holds the plain model."""
+    class FailsToCompile(torch.nn.Module):
+        def __init__(self, model):
+            super().__init__()
+            self._orig_mod = model
+
+        def forward(self, x):
+            raise RuntimeError("backend compiler failed: no C++ compiler")
+
+    monkeypatch.setattr(torch, "compile", lambda model, **kwargs: FailsToCompile(model))
+    trainer = make_trainer(tmp_path, lambda m, final=False: {"s": {"R1": 0, "mAP": 0, "mINP": 0}},
+                           "SOLVER.MAX_EPOCHS", "1", "TEST.EVAL_PERIOD", "0")
+    eager = trainer.model
+    trainer.compile()
+    with caplog.at_level("WARNING", logger="reid.engine"):
+        trainer.train()
+    assert "torch.compile failed (backend compiler failed" in caplog.text and "SOLVER.COMPILE off" in caplog.text
+    assert trainer.model is eager and trainer.iter == trainer.iters_per_epoch  # every step trained
+    assert set(load_checkpoint(tmp_path / "last.pth")["model"]) == set(eager.state_dict())

@@ -47,8 +47,9 @@ def test_lfm_training_end_to_end(synthetic_root, tmp_path):
 
 
 @pytest.mark.slow
-def test_resume_reaches_the_same_weights(synthetic_root, tmp_path):
-    common = ["MODEL.REGULARIZER.NAME", "lfm", "DATASETS.TEST", "synthetic_market"]
+@pytest.mark.parametrize("backend", ["tensor", "workers"])
+def test_resume_reaches_the_same_weights(synthetic_root, tmp_path, backend):
+    common = ["MODEL.REGULARIZER.NAME", "lfm", "DATASETS.TEST", "synthetic_market", "DATALOADER.BACKEND", backend]
     full = load_config("bot_synthetic.yml", tiny_train_opts(synthetic_root, tmp_path / "full", *common))
     train(full)
     half = load_config("bot_synthetic.yml",
@@ -222,3 +223,47 @@ def test_cuda_mixed_precision_training_and_resume(synthetic_root, tmp_path, amp_
     assert state["epoch"] == 2 and bool(state["scaler"]) == (amp_dtype == "fp16")
     assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
     assert 0.0 <= results["synthetic_market"]["mAP"] <= 1.0
+
+
+def _tensor_backend_worker(rank: int, port: int, root: str, out_dir: str) -> None:
+    import torch.distributed as dist
+
+    from reid.data import build_train_data
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    try:
+        opts = tiny_train_opts(Path(root), Path(out_dir), "DATALOADER.BACKEND", "tensor", "SEED", "5")
+        data = build_train_data(cfg := load_config("bot_synthetic.yml", opts), rank, 2)
+        assert data.backend == "tensor" and cfg.INPUT.FLIP_PROB > 0
+        data.set_epoch(0)
+        batch = next(iter(data))
+        data.set_epoch(0)
+        common = data.loader.make_batch(list(range(8)))["images"]  # the same 8 images, augmented on this rank
+        data.set_epoch(0)
+        again = data.loader.make_batch(list(range(8)))["images"]
+        torch.save({"index": batch["index"], "pids": batch["pids"], "common": common, "again": again},
+                   Path(out_dir) / f"rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_ddp_ranks_draw_different_augmentations_of_disjoint_samples(synthetic_root, tmp_path):
+    """Two gloo processes with the tensor backend: each rank's half of the global PK batch holds other
+    identities, and its augmentations come from its own stream (seed, epoch, rank)."""
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    mp.spawn(_tensor_backend_worker, args=(port, str(synthetic_root), str(tmp_path)), nprocs=2, join=True)
+    first, second = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1))
+    assert not set(first["index"].tolist()) & set(second["index"].tolist())  # disjoint samples
+    assert not set(first["pids"].tolist()) & set(second["pids"].tolist())  # whole identities per rank
+    for rank in (first, second):
+        assert torch.equal(rank["common"], rank["again"])  # an epoch's draws are reproducible on a rank
+    # The same images on the two ranks' streams are augmented differently (flip, crop offsets, erasing).
+    differs = [not torch.equal(a, b) for a, b in zip(first["common"], second["common"])]
+    assert sum(differs) >= 6, differs

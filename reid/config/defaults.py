@@ -92,6 +92,7 @@ _C.SOLVER.CHECKPOINT_PERIOD = 10  # save a numbered checkpoint every N epochs (l
 _C.SOLVER.LOG_PERIOD = 20  # log a status line every N iterations
 _C.SOLVER.TENSORBOARD = True  # also write TensorBoard events into OUTPUT_DIR/tensorboard (tensorboard package)
 _C.SOLVER.GRAD_CLIP = 0.0  # clip the gradient norm to this value; 0 disables
+_C.SOLVER.COMPILE = "auto"  # torch.compile the training model: "auto" (CUDA only), "on" or "off"; falls back on failure
 
 # ---------------------------------------------------------------------------------------------
 _C.TEST = CN()
@@ -120,6 +121,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "MODEL.POOLING": ("avg", "gem"),
     "SOLVER.SCHED": ("multistep", "cosine", "constant"),
     "SOLVER.AMP_DTYPE": ("bf16", "fp16"),
+    "SOLVER.COMPILE": ("auto", "on", "off"),
     "DATALOADER.SAMPLER": ("pk", "random"),
     "TEST.METRIC": ("cosine", "euclidean"),
     "TEST.BEST_METRIC": ("mAP", "R1", "mINP"),

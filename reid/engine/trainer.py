@@ -8,6 +8,7 @@ attributes from outside.
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Iterable, Mapping
 
@@ -19,7 +20,9 @@ from reid.engine.precision import Precision
 from reid.utils import comm
 from reid.utils.checkpoint import CHECKPOINT_FORMAT, get_rng_state, set_rng_state, unwrap_model
 from reid.utils.env import seed_everything
-from reid.utils.errors import ReIDError
+from reid.utils.errors import ReIDError, summarize_exception
+
+logger = logging.getLogger("reid.engine")
 
 
 class NonFiniteLossError(ReIDError):
@@ -121,7 +124,31 @@ class Trainer:
         if hasattr(self.loader, "set_epoch"):
             self.loader.set_epoch(epoch)
 
+    def compile(self) -> None:
+        """``torch.compile`` the training model; it compiles at the first step, where :meth:`run_step` falls
+        back to the eager model, with a message, if compilation fails."""
+        self._eager_model = self.model
+        self.model = torch.compile(self.model, dynamic=False)
+
     def run_step(self, batch: dict) -> None:
+        if getattr(self, "_eager_model", None) is None:
+            return self._step(batch)
+        try:
+            self._step(batch)
+        except Exception as exc:  # compilation happens here, at the first call: any backend error
+            if isinstance(exc, NonFiniteLossError):
+                raise
+            logger.warning(f"torch.compile failed ({summarize_exception(exc)}); training goes on without it. Set "
+                           "SOLVER.COMPILE off to skip trying.")
+            self.model, self._eager_model = self._eager_model, None
+            self.optimizer.zero_grad(set_to_none=True)
+            self.criterion.zero_grad(set_to_none=True)
+            self._step(batch)
+        else:
+            self._eager_model = None  # compiled and ran: nothing left to fall back to
+        return None
+
+    def _step(self, batch: dict) -> None:
         images = self.precision.prepare(batch["images"].to(self.device, non_blocking=True))
         pids = batch["pids"].to(self.device, non_blocking=True)
         with self.precision.autocast():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import statistics
 from collections import Counter
 
@@ -10,7 +11,7 @@ import torch
 from yacs.config import CfgNode
 
 from reid.config import save_config
-from reid.data import TrainData, build_train_loader, check_datasets
+from reid.data import TestData, TrainData, build_test_data, build_train_data, check_datasets
 from reid.data.datasets import ReIDDataset
 from reid.engine.dataset_record import DatasetRecord
 from reid.engine.hooks import Checkpointer, PeriodicEvaluator, ProgressLogger, TensorBoardWriter
@@ -57,7 +58,7 @@ def _train(cfg: CfgNode, folder: RunFolder, resume: bool) -> dict:
     # Every dataset the run will touch is checked now, not after hours of training.
     check_datasets(tuple(cfg.DATASETS.TRAIN) + tuple(cfg.DATASETS.TEST), cfg.DATASETS.ROOT)
     seed_everything(cfg.SEED)
-    data = build_train_loader(cfg, comm.get_rank(), comm.get_world_size())
+    data = _train_data(cfg, device)
     note_sampler_filling(cfg, data.datasets)
     trainer, record, evaluator = build_trainer(cfg, data, device)
     if resume:
@@ -72,6 +73,8 @@ def _train(cfg: CfgNode, folder: RunFolder, resume: bool) -> dict:
     if comm.get_world_size() > 1:
         trainer.model = torch.nn.parallel.DistributedDataParallel(
             trainer.model, device_ids=[device.index] if device.type == "cuda" else None)
+    if cfg.SOLVER.COMPILE == "on" or (cfg.SOLVER.COMPILE == "auto" and device.type == "cuda"):
+        trainer.compile()
     try:
         trainer.train()
     except KeyboardInterrupt:
@@ -81,6 +84,18 @@ def _train(cfg: CfgNode, folder: RunFolder, resume: bool) -> dict:
         write_results(cfg.OUTPUT_DIR, results_document(results, best=evaluator.best, epochs=trainer.epoch + 1,
                                                        last_checkpoint=trainer.last_checkpoint))
     return results
+
+
+def _train_data(cfg: CfgNode, device: torch.device) -> TrainData:
+    """The training data of DATALOADER.BACKEND; under DDP the first process of each machine decodes (and fills
+    the cache) while the others wait, then they read the cache instead of decoding again."""
+    first = int(os.environ.get("LOCAL_RANK", "0")) == 0
+    if not first:
+        comm.synchronize()
+    data = build_train_data(cfg, comm.get_rank(), comm.get_world_size(), device)
+    if first:
+        comm.synchronize()
+    return data
 
 
 def build_trainer(cfg: CfgNode, data: TrainData, device: torch.device
@@ -94,8 +109,8 @@ def build_trainer(cfg: CfgNode, data: TrainData, device: torch.device
     scheduler = build_lr_scheduler(cfg, optimizer, len(data))
     record = DatasetRecord(cfg, data.datasets)
     checkpointer = Checkpointer(cfg.OUTPUT_DIR, cfg.SOLVER.CHECKPOINT_PERIOD, {"num_classes": data.num_classes})
-    evaluator = PeriodicEvaluator(RunEvaluation(cfg, device, record), cfg.TEST.EVAL_PERIOD, cfg.TEST.BEST_METRIC,
-                                  checkpointer, cfg.OUTPUT_DIR)
+    evaluator = PeriodicEvaluator(RunEvaluation(cfg, device, record, data.backend), cfg.TEST.EVAL_PERIOD,
+                                  cfg.TEST.BEST_METRIC, checkpointer, cfg.OUTPUT_DIR)
     # The checkpointer runs before the evaluator: an evaluation that fails (an unreadable gallery
     # image, out of memory) never costs the epoch's weights.
     progress = ProgressLogger(cfg.OUTPUT_DIR, cfg.SOLVER.LOG_PERIOD, cfg.SOLVER.IMS_PER_BATCH, cfg.TEST.EVAL_PERIOD)
@@ -109,8 +124,18 @@ class RunEvaluation:
     """A training run's evaluation: every test set checked against the run's record; the final one also
     writes report.html."""
 
-    def __init__(self, cfg: CfgNode, device: torch.device, record: DatasetRecord) -> None:
-        self.cfg, self.device, self.record = cfg, device, record
+    def __init__(self, cfg: CfgNode, device: torch.device, record: DatasetRecord, backend: str = "workers") -> None:
+        self.cfg, self.device, self.record, self.backend = cfg, device, record, backend
+        self._decoded: dict[str, TestData] = {}  # tensor backend: test sets decoded once, kept on the device
+
+    def test_data(self, name: str) -> TestData:
+        """The workers backend parses (and checks) a test set at every evaluation; the tensor backend decodes it
+        once (what the run recorded) and keeps it beside the training set, as the backend's budget planned."""
+        if self.backend != "tensor":
+            return build_test_data(self.cfg, name, self.device, backend="workers")
+        if name not in self._decoded:
+            self._decoded[name] = build_test_data(self.cfg, name, self.device, backend="tensor")
+        return self._decoded[name]
 
     def __call__(self, model: torch.nn.Module, final: bool = False) -> dict:
         reports = {}
@@ -119,7 +144,8 @@ class RunEvaluation:
             reports[name] = dataset_report(self.cfg, name, extracted, results)
 
         table = evaluate_datasets(self.cfg, model, self.device, recorded=self.record.test_sets(),
-                                  on_dataset=report if final and self.cfg.TEST.REPORT else None)
+                                  on_dataset=report if final and self.cfg.TEST.REPORT else None,
+                                  test_data=self.test_data)
         if reports:
             page = write_evaluation_report(self.cfg, reports, f"{self.cfg.OUTPUT_DIR}, final evaluation")
             logger.info(f"Wrote {page} (open it in a browser)")

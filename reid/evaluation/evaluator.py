@@ -10,7 +10,7 @@ import torch
 from torch import nn
 from yacs.config import CfgNode
 
-from reid.data import TestData, build_test_loader
+from reid.data import TestData, build_test_data
 from reid.data.datasets import check_fingerprints, fingerprint_dataset
 from reid.evaluation.rank import RankResult, evaluate_features
 from reid.evaluation.rerank import evaluate_reranked
@@ -65,7 +65,7 @@ def extract_features(model: nn.Module, loader, device: torch.device | str, flip:
 def extract_test_features(cfg: CfgNode, model: nn.Module, dataset: str | TestData,
                           device: torch.device | str) -> ExtractedFeatures:
     """Query and gallery features of one dataset (a name, or its already built test data)."""
-    data = build_test_loader(cfg, dataset) if isinstance(dataset, str) else dataset
+    data = build_test_data(cfg, dataset, device) if isinstance(dataset, str) else dataset
     f, pids, camids, paths = extract_features(model, data.loader, device, cfg.TEST.FLIP, desc=data.dataset.name,
                                               amp=cfg.TEST.AMP)
     return ExtractedFeatures(f, pids, camids, paths, data.num_query)
@@ -102,10 +102,13 @@ DatasetCallback = Callable[[str, ExtractedFeatures, dict[str, RankResult], dict]
 def evaluate_datasets(cfg: CfgNode, model: nn.Module, device: torch.device | str,
                       names: Sequence[str] | None = None, on_dataset: DatasetCallback | None = None,
                       title: str = "", recorded: Mapping[str, dict] | None = None,
-                      recorded_in: str = "the run started") -> dict[str, dict]:
+                      recorded_in: str = "the run started",
+                      test_data: Callable[[str], TestData] | None = None) -> dict[str, dict]:
     """R1/R5/R10/mAP/mINP (+ CMC, + a ``rerank`` entry with TEST.RERANK) per dataset, logged as a table.
 
-    ``names`` defaults to DATASETS.TEST. ``recorded``: query/gallery fingerprints by dataset
+    ``names`` defaults to DATASETS.TEST. ``test_data(name)`` gives a dataset's query and gallery images
+    (default: :func:`reid.data.build_test_data` with DATALOADER.BACKEND; a training run keeps its decoded
+    test sets between evaluations). ``recorded``: query/gallery fingerprints by dataset
     (:class:`reid.engine.dataset_record.DatasetRecord`); a dataset that changed since stops the evaluation
     (or warns, with DATASETS.ALLOW_CHANGES). Each row records the query and gallery image counts and the
     fingerprints of what was evaluated. ``on_dataset`` sees each dataset's features and results while they
@@ -113,7 +116,7 @@ def evaluate_datasets(cfg: CfgNode, model: nn.Module, device: torch.device | str
     """
     table: dict[str, dict] = {}
     for name in names or cfg.DATASETS.TEST:
-        data = build_test_loader(cfg, name)
+        data = test_data(name) if test_data is not None else build_test_data(cfg, name, device)
         if recorded and name in recorded:
             check_fingerprints(data.dataset, recorded[name], allow_changes=cfg.DATASETS.ALLOW_CHANGES,
                                recorded_in=recorded_in)

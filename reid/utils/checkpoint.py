@@ -164,5 +164,11 @@ def set_rng_state(state: dict) -> None:
 
 
 def unwrap_model(model: torch.nn.Module) -> torch.nn.Module:
-    """The module inside DistributedDataParallel (or the model itself)."""
-    return model.module if hasattr(model, "module") else model
+    """The plain module inside ``torch.compile`` and DistributedDataParallel wrappers (or the model itself)."""
+    while True:
+        if hasattr(model, "_orig_mod"):  # torch.compile's OptimizedModule
+            model = model._orig_mod
+        elif isinstance(model, torch.nn.parallel.DistributedDataParallel):
+            model = model.module
+        else:
+            return model
