@@ -27,7 +27,7 @@ import torchvision
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from reid.modeling.lfm import LocalFeatureMasking  # noqa: E402
+from reid.modeling import LocalFeatureMasking  # noqa: E402
 from reid.modeling.regularizers import attach_at_stage  # noqa: E402
 
 

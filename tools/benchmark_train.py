@@ -45,7 +45,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 from reid.config import load_config  # noqa: E402
 from reid.data import build_test_data, build_train_data  # noqa: E402
-from reid.data.synthetic import generate_synthetic  # noqa: E402
+from reid.experiments.synthetic import generate_synthetic  # noqa: E402
 from reid.data.tensor_cache import default_cache_dir  # noqa: E402
 from reid.modeling import ReIDLoss, build_model  # noqa: E402
 from reid.solver import build_optimizer  # noqa: E402
