@@ -90,3 +90,14 @@ def test_reranked_results_come_from_the_bounded_path_and_match_the_dense_one(ext
                           g_camids, max_rank=5)
     np.testing.assert_array_equal(result.AP, dense.AP)
     np.testing.assert_array_equal(result.cmc, dense.cmc)
+
+
+def test_reranking_logs_its_progress_with_an_eta(extracted, caplog):
+    cfg = load_config(None, ["TEST.RERANK", "True", "TEST.RERANK_K1", "4", "TEST.RERANK_K2", "2", "TEST.MAX_RANK", "5"])
+    with caplog.at_level("INFO", logger="reid.evaluation"):
+        evaluate_extracted(cfg, extracted, desc="tiny")
+    lines = [r.getMessage() for r in caplog.records]
+    # Short work prints only its last line per stage: count, total time and rate.
+    assert any(line.startswith("rerank tiny neighbours: 1/1 blocks") for line in lines), lines
+    assert any(line.startswith(f"rerank tiny queries: {extracted.num_query}/{extracted.num_query} queries")
+               for line in lines), lines

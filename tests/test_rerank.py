@@ -136,6 +136,36 @@ def test_evaluate_reranked_ranks_block_by_block(monkeypatch):
     np.testing.assert_array_equal(result.AP, unbounded.AP)
 
 
+def test_evaluate_reranked_reports_both_stages_to_the_end():
+    # Several neighbour blocks and query blocks (tiny budget): each stage counts up to its total, monotonically.
+    qf, gf = clustered_features(seed=3, num_q=50, num_g=120)
+    rng = np.random.default_rng(3)
+    ids = rng.integers(1, 4, 50), rng.integers(1, 4, 120), np.zeros(50, np.int64), np.ones(120, np.int64)
+    seen = {}
+
+    class Recording:
+        def __init__(self, stage, total, unit):
+            self.counts, self.total, self.closed = [], total, False
+            seen[stage] = self
+
+        def update(self, n=1):
+            self.set((self.counts[-1] if self.counts else 0) + n)
+
+        def set(self, done):
+            self.counts.append(done)
+
+        def close(self):
+            self.closed = True
+
+    result = evaluate_reranked(qf, gf, *ids, memory_budget_bytes=1, progress=Recording)
+    assert set(seen) == {"neighbours", "queries"}
+    for stage in seen.values():
+        assert stage.closed and len(stage.counts) >= 2
+        assert stage.counts == sorted(stage.counts) and stage.counts[-1] == stage.total
+    assert seen["queries"].total == 50
+    np.testing.assert_array_equal(result.AP, evaluate_rank(re_ranking(qf, gf), *ids).AP)
+
+
 @CUDA
 @pytest.mark.cuda
 def test_cuda_matches_reference():

@@ -13,7 +13,7 @@ from yacs.config import CfgNode
 from reid.data import TestData, build_test_data
 from reid.data.datasets import check_fingerprints, fingerprint_dataset
 from reid.evaluation.rank import RankResult, evaluate_features
-from reid.evaluation.rerank import evaluate_reranked
+from reid.evaluation.rerank import ProgressFactory, evaluate_reranked
 from reid.utils.progress import Progress
 
 logger = logging.getLogger("reid.evaluation")
@@ -71,10 +71,12 @@ def extract_test_features(cfg: CfgNode, model: nn.Module, dataset: str | TestDat
     return ExtractedFeatures(f, pids, camids, paths, data.num_query)
 
 
-def evaluate_extracted(cfg: CfgNode, extracted: ExtractedFeatures, rerank: bool | None = None) -> dict[str, RankResult]:
+def evaluate_extracted(cfg: CfgNode, extracted: ExtractedFeatures, rerank: bool | None = None,
+                       desc: str = "") -> dict[str, RankResult]:
     """``{"plain": result}`` plus ``"rerank"`` when TEST.RERANK (or ``rerank``) asks for it.
 
-    Both are computed block by block in bounded memory (no query x gallery matrix is kept).
+    Both are computed block by block in bounded memory (no query x gallery matrix is kept). Re-ranking,
+    the slow one, logs its progress as ``rerank <desc> <stage>``.
     """
     qf, gf, q_pids, g_pids, q_camids, g_camids = extracted.split()
     results = {"plain": evaluate_features(qf, gf, q_pids, g_pids, q_camids, g_camids, metric=cfg.TEST.METRIC,
@@ -86,8 +88,13 @@ def evaluate_extracted(cfg: CfgNode, extracted: ExtractedFeatures, rerank: bool 
             qf, gf = nn.functional.normalize(qf, dim=1), nn.functional.normalize(gf, dim=1)
         results["rerank"] = evaluate_reranked(qf, gf, q_pids, g_pids, q_camids, g_camids, k1=cfg.TEST.RERANK_K1,
                                               k2=cfg.TEST.RERANK_K2, lambda_value=cfg.TEST.RERANK_LAMBDA,
-                                              max_rank=cfg.TEST.MAX_RANK)
+                                              max_rank=cfg.TEST.MAX_RANK, progress=_rerank_progress(desc))
     return results
+
+
+def _rerank_progress(desc: str) -> ProgressFactory:
+    label = f"rerank {desc}".rstrip()
+    return lambda stage, total, unit: Progress(f"{label} {stage}", total, unit, logger=logger)
 
 
 def result_row(result: RankResult) -> dict:
@@ -121,7 +128,7 @@ def evaluate_datasets(cfg: CfgNode, model: nn.Module, device: torch.device | str
             check_fingerprints(data.dataset, recorded[name], allow_changes=cfg.DATASETS.ALLOW_CHANGES,
                                recorded_in=recorded_in)
         extracted = extract_test_features(cfg, model, data, device)
-        results = evaluate_extracted(cfg, extracted)
+        results = evaluate_extracted(cfg, extracted, desc=name)
         table[name] = result_row(results["plain"])
         if "rerank" in results:
             table[name]["rerank"] = result_row(results["rerank"])

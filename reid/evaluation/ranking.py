@@ -163,11 +163,13 @@ def _ranks_by_searchsorted(dist: torch.Tensor, pairs: tuple[torch.Tensor, ...], 
 
 
 def rank_blocks(compute: Callable[[int, int, torch.Tensor], torch.Tensor], ids: Identities, acc: MetricAccumulator,
-                buffer: torch.Tensor, chunk_budget: int, block_bytes: int, tracker: PeakMemory) -> None:
+                buffer: torch.Tensor, chunk_budget: int, block_bytes: int, tracker: PeakMemory,
+                on_ranked: Callable[[int], None] | None = None) -> None:
     """Rank every query block by block into ``acc``: ``compute(start, end, buffer)`` returns the distances
     of queries ``start:end`` (written into ``buffer``, whose rows make a block); each block is ranked in
     chunks of ``chunk_budget`` working bytes (:func:`rank_cost`). ``block_bytes`` is what is alive besides
-    the ranking chunks (``buffer`` included)."""
+    the ranking chunks (``buffer`` included). ``on_ranked(n)`` is told after each block that the first
+    ``n`` queries are ranked (for progress)."""
     num_q, rows_per_block = ids.num_queries, buffer.shape[0]
     cost = rank_cost(ids)
     for start in range(0, num_q, rows_per_block):
@@ -176,6 +178,8 @@ def rank_blocks(compute: Callable[[int, int, torch.Tensor], torch.Tensor], ids: 
         for first, last in row_blocks(cost[start:end], chunk_budget):
             acc.add(start + first, *true_match_ranks(block[first:last], ids, start + first, start + last))
             tracker.account(block_bytes + int(cost[start + first:start + last].sum()))
+        if on_ranked is not None:
+            on_ranked(end)
 
 
 # --------------------------------------------------------------------------------------------------

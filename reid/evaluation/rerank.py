@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import math
 import numbers
+from typing import Callable
 
 import torch
 
@@ -46,6 +47,11 @@ from reid.evaluation.protocol import (
 )
 from reid.evaluation.ranking import ordered_keys, rank_blocks
 from reid.utils.errors import ReIDError
+from reid.utils.progress import Progress
+
+#: ``progress(stage, total, unit)`` gives the :class:`Progress` of one stage of re-ranking: ``"neighbours"``
+#: (distance blocks of the nearest-neighbour pass) and ``"queries"`` (queries re-ranked and ranked).
+ProgressFactory = Callable[[str, int, str], Progress]
 
 # On CPU, gathers and joins run on chunks of about this many bytes whatever the budget: cache-sized
 # chunks measured several times faster than large ones. (What each buffer costs is stated next to the
@@ -100,6 +106,7 @@ def evaluate_reranked(
     lambda_value: float = 0.3,
     max_rank: int = 50,
     memory_budget_bytes: int | None = None,
+    progress: ProgressFactory | None = None,
 ) -> RankResult:
     """CMC, mAP and mINP of the k-reciprocal re-ranked distances, without the q x g matrix.
 
@@ -108,6 +115,7 @@ def evaluate_reranked(
     evaluator's kernel at once. Memory: the neighbour lists and sparse structures (O((q+g) k1 k2))
     plus buffers within max(budget, a 16-row block and one query's ranking buffers).
     ``peak_memory_bytes`` reports it (measured on CUDA, accounted from shapes on CPU).
+    ``progress`` (see :data:`ProgressFactory`) reports both long stages with a rate and an ETA.
     Arguments as in :func:`re_ranking` and :func:`reid.evaluation.rank.evaluate_rank`.
     """
     query, gallery, device = feature_tensors(qf, gf)
@@ -117,14 +125,18 @@ def evaluate_reranked(
     max_rank = check_max_rank(max_rank)
     budget = memory_budget(device, memory_budget_bytes)
     tracker = PeakMemory(device)
-    reranker = _KReciprocal(query, gallery, device, k1, k2, lambda_value, budget, tracker)
+    reranker = _KReciprocal(query, gallery, device, k1, k2, lambda_value, budget, tracker, progress)
 
     rows, ranking_budget = split_budget(budget, reranker.fixed_bytes, reranker.block_row_bytes, num_q, device)
     join_budget = chunk_budget(device, ranking_budget, _CPU_CHUNK_BYTES)  # the Jaccard joins like cache-sized chunks
     block_bytes = reranker.fixed_bytes + rows * reranker.block_row_bytes
     acc = MetricAccumulator(num_q, device)
+    queries = progress("queries", num_q, "queries") if progress is not None else None
     rank_blocks(lambda start, end, out: reranker.block(start, end, out, join_budget), ids, acc,
-                reranker.feats.block_buffer(rows), ranking_budget, block_bytes, tracker)
+                reranker.feats.block_buffer(rows), ranking_budget, block_bytes, tracker,
+                on_ranked=queries.set if queries is not None else None)
+    if queries is not None:
+        queries.close()
     return acc.result(max_rank, peak_memory_bytes=tracker.peak())
 
 
@@ -143,11 +155,11 @@ class _KReciprocal:
     """Steps 1 and 2 of the module docstring at construction; :meth:`block` does step 3."""
 
     def __init__(self, query: torch.Tensor, gallery: torch.Tensor, device: torch.device, k1: int, k2: int,
-                 lambda_value: float, budget: int, tracker: PeakMemory):
+                 lambda_value: float, budget: int, tracker: PeakMemory, progress: ProgressFactory | None = None):
         k1, k2, self.lambda_value = _check_parameters(k1, k2, lambda_value)
         feats = self.feats = _AllFeatures(query, gallery, device)
         num_all, num_query = feats.num_all, feats.num_query
-        neighbours = _nearest_neighbours(feats, max(k1 + 1, k2), budget, tracker)
+        neighbours = _nearest_neighbours(feats, max(k1 + 1, k2), budget, tracker, progress)
         live = feats.fixed_bytes + nbytes(neighbours)
         half_k1 = round(k1 / 2)  # Python and numpy both round half to even, as the reference does
         reciprocal = _reciprocal_mask(neighbours, k1, budget)
@@ -304,7 +316,8 @@ _BYTES_PER_DISTANCE = 16
 _MAX_BLOCK_SIDE = 2048
 
 
-def _nearest_neighbours(feats: _AllFeatures, num_neighbours: int, budget: int, tracker: PeakMemory) -> torch.Tensor:
+def _nearest_neighbours(feats: _AllFeatures, num_neighbours: int, budget: int, tracker: PeakMemory,
+                        progress: ProgressFactory | None = None) -> torch.Tensor:
     """Nearest-neighbour lists of all q+g images, ordered by (distance, index); fills ``feats.row_max``.
 
     The distance matrix is symmetric, so only blocks on and above the diagonal are computed; each
@@ -323,6 +336,8 @@ def _nearest_neighbours(feats: _AllFeatures, num_neighbours: int, budget: int, t
     tracker.account(feats.fixed_bytes + nbytes(best) + _BYTES_PER_DISTANCE * used * used
                     + 2 * 4 * used * feats.parts[0].shape[1])  # and the two float32 feature blocks
     blocks = [(start, min(start + side, num_all)) for start in range(0, num_all, side)]
+    # Progress counts distance blocks: those on and above the diagonal.
+    counter = progress("neighbours", len(blocks) * (len(blocks) + 1) // 2, "blocks") if progress is not None else None
     for position, (row_start, row_end) in enumerate(blocks):
         row_feats, row_sq = feats.block(row_start, row_end)
         for col_start, col_end in blocks[position:]:
@@ -332,6 +347,10 @@ def _nearest_neighbours(feats: _AllFeatures, num_neighbours: int, budget: int, t
             if col_start != row_start:
                 _merge_neighbours(best, feats.row_max, col_start, dist.T, row_start)
             del dist
+            if counter is not None:
+                counter.update()
+    if counter is not None:
+        counter.close()
 
     if bool(torch.isnan(feats.row_max).any()):
         raise ReIDError("Re-ranking distances are NaN: the features are too large for float32 squared "
