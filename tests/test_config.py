@@ -1,9 +1,13 @@
 """Config loading: _BASE_ inheritance, name lookup, overrides and their error messages."""
 
+import subprocess
+import sys
+
 import pytest
 
 from reid.config import (config_from_dict, config_to_dict, get_cfg_defaults, load_config, resolve_config_path,
                          save_config)
+from reid.config.loader import flatten_config
 from reid.utils.errors import ConfigError
 
 
@@ -120,3 +124,16 @@ def test_bad_values_are_refused_at_load_naming_the_key(key, value, message):
 def test_study_file_is_not_a_run_config():
     with pytest.raises(ConfigError, match=r"study grid.*tools/study\.py --preset market"):
         load_config("study/market.yml")
+
+
+def test_every_key_is_listed_with_its_meaning_by_python_m_reid_config():
+    # A key without a comment in defaults.py (or an Option without help) would be listed with an empty meaning.
+    result = subprocess.run([sys.executable, "-m", "reid.config"], capture_output=True, text=True, check=True)
+    listed = dict(line.split(" = ", 1) for line in result.stdout.splitlines())
+    assert set(listed) == set(flatten_config(config_to_dict(get_cfg_defaults())))
+    assert "MODEL.LFM.PROB" in listed and "SOLVER.BASE_LR" in listed
+    empty = [key for key, rest in listed.items() if rest.rstrip().endswith("#")]
+    assert not empty, f"keys without a meaning: {empty}"
+    only_lfm = subprocess.run([sys.executable, "-m", "reid.config", "model.lfm"], capture_output=True, text=True,
+                              check=True).stdout.splitlines()
+    assert only_lfm and all(line.startswith("MODEL.LFM.") for line in only_lfm)
