@@ -83,61 +83,63 @@ def build_dataset_report(name: str, qf, gf, q_pids, g_pids, q_camids, g_camids, 
     """
     if "plain" not in results:
         raise ReIDError(f"The report of {name} needs the plain evaluation result (results['plain']).")
-    q_pids_np, g_pids_np, q_cams_np, g_cams_np = (_to_numpy(a).astype(np.int64).reshape(-1)
-                                                  for a in (q_pids, g_pids, q_camids, g_camids))
     distances = FeatureDistances(qf, gf, metric, normalize)
-    num_q, num_g = distances.shape
-    sizes = {len(q_paths): "query paths", len(q_pids_np): "query pids", len(q_cams_np): "query camids"}
-    g_sizes = {len(g_paths): "gallery paths", len(g_pids_np): "gallery pids", len(g_cams_np): "gallery camids"}
-    if set(sizes) != {num_q} or set(g_sizes) != {num_g}:
-        raise ReIDError(f"The report of {name}: the features are {num_q} queries x {num_g} gallery images but the "
-                        f"paths and ids have {sorted(sizes)} and {sorted(g_sizes)} entries; they must come from the "
-                        "same query/gallery split.")
-    labels = _Labels(q_pids_np, g_pids_np, q_cams_np, g_cams_np, list(map(str, q_paths)), list(map(str, g_paths)))
-    report = DatasetReport(name=name, num_query=num_q, num_gallery=num_g, metric=metric,
+    labels = _Labels.checked(name, distances.shape, q_pids, g_pids, q_camids, g_camids, q_paths, g_paths)
+    report = DatasetReport(name=name, num_query=distances.shape[0], num_gallery=distances.shape[1], metric=metric,
                            results={key: _result_row(result) for key, result in results.items()},
-                           query_cameras=sorted(set(q_cams_np.tolist())),
-                           gallery_cameras=sorted(set(g_cams_np.tolist())))
+                           query_cameras=sorted(set(labels.q_cams.tolist())),
+                           gallery_cameras=sorted(set(labels.g_cams.tolist())))
     plain = results["plain"]
     order = np.argsort(np.asarray(plain.AP), kind="stable")
     count = min(num_queries, len(order))
     worst, best = order[:count], order[::-1][:count]
     listed = {int(plain.query_indices[p]): float(plain.AP[p]) for p in (*worst, *best)}
 
-    device = distances.device
-    ids = {key: torch.from_numpy(value).to(device) for key, value in
-           (("q_pids", q_pids_np), ("g_pids", g_pids_np), ("q_cams", q_cams_np), ("g_cams", g_cams_np))}
     unit_features = metric == "cosine" or normalize
-    histogram = _HistogramCounts(qf, gf, unit_features, histogram_bins, device) if histogram_bins > 0 else None
-    cells = _CameraCells(labels, device) if camera_pairs else None
-    rank1_hit = np.zeros(num_q, dtype=bool)
-    lists: dict[int, QueryList] = {}
-    rows_per_block = max(1, _BLOCK_ENTRIES // max(num_g, 1))
-    # Blocks hold the queries of one camera (so each is ranked once per gallery camera), the queries in order.
-    by_camera = np.argsort(q_cams_np, kind="stable")
-    for block in _camera_blocks(q_cams_np[by_camera], rows_per_block):
-        queries = by_camera[block]
-        rows = torch.from_numpy(queries).to(device)
-        dist = distances.rows(rows)
-        same = ids["q_pids"][rows, None] == ids["g_pids"][None, :]
-        ignored = same & (ids["q_cams"][rows, None] == ids["g_cams"][None, :])
-        if histogram is not None:
-            histogram.add(dist, same, ignored)
-        if cells is not None:
-            # Rank 1 under the protocol: the nearest image that is not ignored (ties: the lower gallery index).
-            nearest = dist.masked_fill(ignored, math.inf).argmin(dim=1)
-            rank1_hit[queries] = (ids["g_pids"][nearest] == ids["q_pids"][rows]).cpu().numpy()
-            cells.add_block(queries, dist)
-        for position, query in enumerate(queries.tolist()):
-            if query in listed:
-                lists[query] = _query_list(query, listed[query], dist[position].cpu().numpy(), labels, topk)
+    histogram = (_HistogramCounts(qf, gf, unit_features, histogram_bins, distances.device)
+                 if histogram_bins > 0 else None)
+    cells = _CameraCells(labels, distances.device) if camera_pairs else None
+    lists, rank1_hit = _scan_query_blocks(distances, labels, listed, topk, histogram, cells)
     report.worst = [lists[int(plain.query_indices[p])] for p in worst]
     report.best = [lists[int(plain.query_indices[p])] for p in best]
     if cells is not None:
         report.camera_cells = cells.result(plain, rank1_hit)
     if histogram is not None:
-        report.histogram = histogram.result(num_q)
+        report.histogram = histogram.result(distances.shape[0])
     return report
+
+
+def _scan_query_blocks(distances: FeatureDistances, labels: _Labels, listed: Mapping[int, float], topk: int,
+                       histogram: _HistogramCounts | None,
+                       cells: _CameraCells | None) -> tuple[dict[int, QueryList], np.ndarray]:
+    """One pass over blocks of query rows: feeds the histogram and the camera cells, keeps the ranked lists
+    of the ``listed`` queries (query -> AP) and whether each query's rank 1 is a true match."""
+    num_q, num_g = distances.shape
+    device = distances.device
+    q_pids, g_pids, q_cams, g_cams = (torch.from_numpy(a).to(device)
+                                      for a in (labels.q_pids, labels.g_pids, labels.q_cams, labels.g_cams))
+    rank1_hit = np.zeros(num_q, dtype=bool)
+    lists: dict[int, QueryList] = {}
+    rows_per_block = max(1, _BLOCK_ENTRIES // max(num_g, 1))
+    # Blocks hold the queries of one camera (so each is ranked once per gallery camera), the queries in order.
+    by_camera = np.argsort(labels.q_cams, kind="stable")
+    for block in _camera_blocks(labels.q_cams[by_camera], rows_per_block):
+        queries = by_camera[block]
+        rows = torch.from_numpy(queries).to(device)
+        dist = distances.rows(rows)
+        same = q_pids[rows, None] == g_pids[None, :]
+        ignored = same & (q_cams[rows, None] == g_cams[None, :])
+        if histogram is not None:
+            histogram.add(dist, same, ignored)
+        if cells is not None:
+            # Rank 1 under the protocol: the nearest image that is not ignored (ties: the lower gallery index).
+            nearest = dist.masked_fill(ignored, math.inf).argmin(dim=1)
+            rank1_hit[queries] = (g_pids[nearest] == q_pids[rows]).cpu().numpy()
+            cells.add_block(queries, dist)
+        for position, query in enumerate(queries.tolist()):
+            if query in listed:
+                lists[query] = _query_list(query, listed[query], dist[position].cpu().numpy(), labels, topk)
+    return lists, rank1_hit
 
 
 @dataclass
@@ -148,6 +150,21 @@ class _Labels:
     g_cams: np.ndarray
     q_paths: list[str]
     g_paths: list[str]
+
+    @classmethod
+    def checked(cls, name: str, shape: tuple[int, int], q_pids, g_pids, q_camids, g_camids,
+                q_paths: Sequence[str], g_paths: Sequence[str]) -> _Labels:
+        """The labels as int64 numpy arrays, refused unless they have one entry per query / gallery feature."""
+        q_pids, g_pids, q_cams, g_cams = (_to_numpy(a).astype(np.int64).reshape(-1)
+                                          for a in (q_pids, g_pids, q_camids, g_camids))
+        num_q, num_g = shape
+        sizes = {len(q_paths): "query paths", len(q_pids): "query pids", len(q_cams): "query camids"}
+        g_sizes = {len(g_paths): "gallery paths", len(g_pids): "gallery pids", len(g_cams): "gallery camids"}
+        if set(sizes) != {num_q} or set(g_sizes) != {num_g}:
+            raise ReIDError(f"The report of {name}: the features are {num_q} queries x {num_g} gallery images but "
+                            f"the paths and ids have {sorted(sizes)} and {sorted(g_sizes)} entries; they must come "
+                            "from the same query/gallery split.")
+        return cls(q_pids, g_pids, q_cams, g_cams, list(map(str, q_paths)), list(map(str, g_paths)))
 
 
 def _result_row(result: RankResult) -> dict[str, Any]:
