@@ -229,6 +229,17 @@ def test_unknown_dataset_lists_registered_names(tmp_path: Path) -> None:
     )
 
 
+@pytest.mark.parametrize("name", DATASET_REGISTRY.names())
+def test_every_registered_dataset_names_what_is_missing(tmp_path: Path, name: str) -> None:
+    # The contract of a registered dataset: a missing folder is reported with the name, DATASETS.ROOT and
+    # the folder(s) looked for, before anything is parsed.
+    with pytest.raises(DatasetError, match=rf"Dataset '{name}' not found: expected .*DATASETS\.ROOT") as info:
+        check_datasets([name], tmp_path)
+    assert str(tmp_path) in str(info.value)
+    with pytest.raises(DatasetError, match=rf"'{name}'"):
+        build_dataset(name, tmp_path)
+
+
 def test_check_datasets_checks_structure_only(tmp_path: Path) -> None:
     base = make_market_tree(tmp_path)
     make_msmt_tree(tmp_path)

@@ -24,7 +24,7 @@ _C.DETERMINISTIC = False  # torch.use_deterministic_algorithms; slower on CUDA, 
 
 # ---------------------------------------------------------------------------------------------
 _C.MODEL = CN()
-_C.MODEL.BACKBONE = "resnet50"  # a registered backbone: resnet18/34/50/101 (torchvision) or "timm:<name>"
+_C.MODEL.BACKBONE = "resnet50"  # a name in BACKBONE_REGISTRY; built in: resnet18/34/50/101 (torchvision), "timm:<name>"
 _C.MODEL.LAST_STRIDE = 1  # stride of the last stage; BoT uses 1 for a 16x8 final map at 256x128
 _C.MODEL.PRETRAINED = True  # start from ImageNet weights (local file only); False trains from scratch
 _C.MODEL.PRETRAINED_PATH = ""  # ImageNet weights file; empty = look in the torch hub cache
@@ -33,12 +33,12 @@ _C.MODEL.PIXEL_STD = (0.229, 0.224, 0.225)  # RGB std in [0, 1]
 _C.MODEL.POOLING = "avg"  # global pooling: "avg" (BoT) or "gem" (generalised mean, p=3)
 _C.MODEL.NECK = "bnneck"  # "bnneck" (BatchNorm1d, frozen zero bias) or "none"
 _C.MODEL.NECK_FEAT = "after"  # inference feature: "after" (post-BNNeck) or "before" the neck
-_C.MODEL.LOSSES = ("ce", "triplet")  # registered losses: "ce" (label-smoothed ID), "triplet", "center"
+_C.MODEL.LOSSES = ("ce", "triplet")  # LOSS_REGISTRY names, summed; built in: "ce" (smoothed ID), "triplet", "center"
 
 # Train-only regulariser inserted at one backbone stage; this is where LFM lives. Each regulariser's own
 # options (MODEL.LFM, MODEL.DROPOUT, MODEL.DROPBLOCK) are in its module under reid/modeling/regularizers/.
 _C.MODEL.REGULARIZER = CN()
-_C.MODEL.REGULARIZER.NAME = "none"  # none, lfm, dropout, spatial_dropout, dropblock, random_erasing (input-level)
+_C.MODEL.REGULARIZER.NAME = "none"  # REGULARIZER_REGISTRY name, e.g. none, lfm, dropout, spatial_dropout, dropblock
 _C.MODEL.REGULARIZER.STAGE = "conv1"  # "conv1" (paper), "stem" (after max-pool), "layer1", "layer2" or a module path
 
 # ---------------------------------------------------------------------------------------------
@@ -138,7 +138,7 @@ AREA_RANGES = ("INPUT.RE_AREA",)  # (low, high) with 0 < low <= high <= 1
 IMAGE_SIZES = ("INPUT.SIZE_TRAIN", "INPUT.SIZE_TEST")  # (height, width), both positive
 RGB_TRIPLES = ("MODEL.PIXEL_MEAN", "MODEL.PIXEL_STD")
 NON_EMPTY = {"DATASETS.TRAIN": "a registered dataset such as market1501", "DATASETS.TEST": "a registered dataset such "
-             "as market1501", "MODEL.LOSSES": "a registered loss: ce, triplet or center"}
+             "as market1501", "MODEL.LOSSES": "a registered loss such as ce or triplet"}
 
 
 def get_cfg_defaults() -> CN:
