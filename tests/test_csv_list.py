@@ -151,3 +151,26 @@ def test_a_csv_list_trains_and_evaluates_from_the_config_alone(synthetic_root, t
     results = json.loads((out / "results.json").read_text())["results"]
     expected = build_dataset("synthetic_market", synthetic_root, verbose=False)
     assert list(results) == [name] and results[name]["images"]["query"] == len(expected.query)
+
+
+def test_make_synthetic_format_csv_writes_a_list_that_loads(tmp_path, capsys):
+    from reid.cli.make_synthetic import main
+
+    main(["--style", "duke", "--root", str(tmp_path), "--train-ids", "4", "--test-ids", "3",
+          "--images-per-camera", "1", "--workers", "1", "--format", "csv"])
+    listed = tmp_path / "synthetic_duke" / "dataset.csv"
+    assert f"DATASETS.TRAIN/TEST \"('csv:{tmp_path / 'synthetic_duke'}/dataset.csv',)\"" in capsys.readouterr().out
+    from_csv = build_dataset(f"csv:{listed}", tmp_path, verbose=False)
+    from_folder = build_dataset("synthetic_duke", tmp_path, verbose=False)
+    for split in ("train", "query", "gallery"):
+        assert len(getattr(from_csv, split)) == len(getattr(from_folder, split)) > 0
+
+
+def test_a_list_longer_than_the_line_cap_is_refused_at_that_line(images, tmp_path, monkeypatch):
+    from reid.data.datasets import csv_list
+
+    monkeypatch.setattr(csv_list, "MAX_CSV_LINES", 4)
+    with pytest.raises(DatasetError, match=r"mine\.csv has more than 4 lines: that is not a dataset list"):
+        _load(_write(tmp_path, GOOD))  # 7 lines
+    monkeypatch.setattr(csv_list, "MAX_CSV_LINES", 7)
+    assert len(_load(_write(tmp_path, GOOD)).gallery) == 2

@@ -324,7 +324,19 @@ def test_search_cli_checks_every_argument_before_loading_the_model(setup, tmp_pa
         return err
 
     assert "topk must be between 1 and 1000" in error(*weights, *query, "--gallery", str(folder), "--topk", "0")
+    assert "topk must be between 1 and 1000" in error(*weights, *query, "--gallery", str(folder), "--topk", "1001")
     assert "ranks.txt" in error(*weights, *query, "--gallery", str(folder), "--vis", str(tmp_path / "ranks.txt"))
     assert "no_gallery" in error(*weights, *query, "--gallery", str(tmp_path / "no_gallery"))
     assert "nobody.jpg" in error(*weights, "--query", str(tmp_path / "nobody.jpg"), "--gallery", str(folder))
     assert "not_loaded_yet.pth" in error(*weights, *query, "--gallery", str(folder))
+
+
+def test_the_pixel_cap_of_the_config_applies_to_extraction(setup) -> None:
+    # `INPUT.MAX_IMAGE_PIXELS N` after extract.py / search.py reaches the extractor's image reading.
+    weights, _, folder = setup
+    capped = FeatureExtractor(weights, device="cpu", opts=["INPUT.MAX_IMAGE_PIXELS", "3000"])
+    result = capped.extract_paths(sorted(folder.rglob("*.*")))
+    refused = {Path(path).name: reason for path, reason in result.unreadable}
+    assert set(refused) >= {"0002_c1s1_000451_03.jpg", "0002_c3s1_000551_01.png"}  # 41x97 and 64x130 pixels
+    assert "more than the 0.003 megapixels allowed (INPUT.MAX_IMAGE_PIXELS)" in refused["0002_c3s1_000551_01.png"]
+    assert "0007_c2s2_001000_02.jpg" not in refused and len(result.features) == 2  # 64x32 and 33x77: within

@@ -8,12 +8,15 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
+from reid.data.io import save_picture
 from reid.utils import fsio
 from reid.utils.checkpoint import atomic_save, load_checkpoint
 from reid.utils.cli import run_cli
+from reid.utils.errors import ReIDError
 from reid.utils.fsio import (
     WriteError,
     atomic_write_text,
@@ -209,3 +212,49 @@ def test_failed_append_leaves_no_partial_line(tmp_path: Path) -> None:
                             env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert result.returncode == 2 and _said(f"Cannot write {path}: the file is larger than allowed", result.stderr)
     assert path.read_text() == '{"epoch": 1}\n'  # cut back: no half record for a reader to choke on
+
+
+PICTURES_UNDER_FILE_SIZE_LIMIT = """
+import resource, signal, sys
+from pathlib import Path
+import numpy as np
+from matplotlib.figure import Figure
+from reid.data.io import save_picture
+from reid.evaluation.visualize import save_figure
+from reid.utils.cli import run_cli
+
+folder, which = Path(sys.argv[1]), sys.argv[2]
+small = np.zeros((8, 8, 3), np.uint8)
+save_picture(folder / "list.png", small)  # a good earlier picture
+noise = np.random.default_rng(0).integers(0, 255, (400, 400, 3), dtype=np.uint8)  # ~480 KB as a PNG
+figure = Figure(figsize=(8, 8))
+figure.add_subplot(1, 1, 1).imshow(noise)
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+resource.setrlimit(resource.RLIMIT_FSIZE, (64 * 1024, 64 * 1024))
+if which == "picture":
+    run_cli(lambda: save_picture(folder / "list.png", noise, "ranked list"))
+else:
+    run_cli(lambda: save_figure(figure, folder / "cmc.png", dpi=100))
+"""
+
+
+@pytest.mark.parametrize("which", ["picture", "figure"])
+def test_pictures_on_a_full_disk_are_one_message_and_keep_the_earlier_file(tmp_path: Path, which: str) -> None:
+    # Ranked lists, triptychs, search results (save_picture) and plots (save_figure) are encoded in memory and
+    # written atomically: a full disk says which file and why, with no traceback and no partial file left.
+    script = tmp_path / "draw.py"
+    script.write_text(PICTURES_UNDER_FILE_SIZE_LIMIT)
+    result = subprocess.run([sys.executable, str(script), str(tmp_path), which], capture_output=True, text=True,
+                            timeout=300, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert result.returncode == 2, result.stderr
+    name = "list.png" if which == "picture" else "cmc.png"
+    assert "Traceback" not in result.stderr
+    assert _said(f"Cannot write {tmp_path / name}: the file is larger than allowed", result.stderr)
+    assert sorted(os.listdir(tmp_path)) == ["draw.py", "list.png"]  # no temporary left, the earlier picture kept
+    assert (tmp_path / "list.png").stat().st_size < 1024
+
+
+def test_a_picture_with_an_unknown_suffix_is_refused_before_writing(tmp_path: Path) -> None:
+    with pytest.raises(ReIDError, match=r"attack triptych .*triptych\.xyz.*use a \.png or \.jpg name"):
+        save_picture(tmp_path / "triptych.xyz", np.zeros((4, 4, 3), np.uint8), "attack triptych")
+    assert list(tmp_path.iterdir()) == []

@@ -181,3 +181,60 @@ def test_ctrl_c_says_which_checkpoint_holds_the_work_and_how_to_continue(synthet
     err = " ".join(capsys.readouterr().err.split())
     assert f"{out / 'last.pth'}" in err and "epoch 1" in err
     assert "python tools/train.py --resume --config bot_synthetic.yml SOLVER.MAX_EPOCHS 2" in err
+
+
+@pytest.fixture
+def locked_folder(tmp_path):
+    """A folder whose run lock another process holds (as a running command would) until the test ends."""
+    from tests.test_runlock import HOLDER, _python
+
+    folder, script = tmp_path / "busy", tmp_path / "hold_run.py"
+    script.write_text(HOLDER)
+    holder = _python(script, str(folder))
+    assert holder.stdout.readline().strip() == "locked", holder.stderr.read()
+    yield folder, holder.pid
+    holder.communicate(input="", timeout=60)
+
+
+def test_every_command_that_writes_a_run_folder_is_refused_on_a_locked_one(locked_folder, synthetic_root, tmp_path):
+    # tools/test.py, tools/attack.py, tools/study.py and an export into a run's folder take the lock before they
+    # read or write anything: the missing weights below are never opened.
+    from reid.engine.testing import test as run_test
+    from reid.experiments.attack import attack
+    from reid.experiments.study import run_study
+    from reid.export import export_model
+    from reid.utils.runlock import RunLockedError
+    from tests.test_study import one_cell_study
+
+    folder, pid = locked_folder
+    cfg = load_config("bot_synthetic.yml", ["OUTPUT_DIR", str(folder), "DATASETS.ROOT", str(synthetic_root)])
+    missing = tmp_path / "never_read.pth"
+    (folder / "config.yaml").write_text("")  # the folder holds a run: an export into it takes its lock
+    commands = {
+        "test": lambda: run_test(cfg, missing),
+        "attack": lambda: attack(cfg, missing, ["fgsm"], [2], ["feature"], steps=1),
+        "study": lambda: run_study(one_cell_study(tmp_path, synthetic_root, output_dir=str(folder))),
+        "export": lambda: export_model(missing, folder / "model.onnx", fmt="onnx"),
+    }
+    for name, command in commands.items():
+        with pytest.raises(RunLockedError) as refused:
+            command()
+        assert refused.value.exit_code == 2, name
+        assert f"Output folder {folder} is in use by another run" in str(refused.value), name
+        assert f"pid {pid}" in str(refused.value), name
+    assert not (folder / "model.onnx").exists() and not list(folder.glob("*.json"))
+
+
+def test_lock_output_is_held_by_rank_0_only_and_clears_stale_temporaries(tmp_path, monkeypatch):
+    from reid.engine.run import lock_output
+
+    folder = tmp_path / "run"
+    folder.mkdir()
+    stale = folder / ".model.onnx.0a1b2c3d.tmp"  # what a killed export (or any atomic write) leaves
+    stale.write_bytes(b"partial")
+    monkeypatch.setenv("RANK", "1")
+    with lock_output(folder) as lock:
+        assert not lock.held and stale.exists()  # another rank neither locks nor touches rank 0's files
+    monkeypatch.setenv("RANK", "0")
+    with lock_output(folder) as lock:
+        assert lock.held and not stale.exists()

@@ -13,12 +13,14 @@ import os
 import struct
 import tempfile
 import warnings
+from collections.abc import Sequence
+from pathlib import Path
 
 import cv2
 import numpy as np
 
-from reid.utils.errors import DatasetError
-from reid.utils.fsio import format_bytes
+from reid.utils.errors import DatasetError, ReIDError
+from reid.utils.fsio import atomic_write_bytes, format_bytes
 from reid.utils.paths import describe_path_problem
 
 # Loader workers already decode in parallel; OpenCV's own thread pool on top would oversubscribe the cores.
@@ -222,3 +224,23 @@ def _imread_without_libjpeg_eof_notice(path: str) -> np.ndarray | None:
     if others:
         os.write(2, "".join(others).encode())
     return image
+
+
+def save_picture(path: str | os.PathLike, picture: np.ndarray, what: str = "picture",
+                 params: Sequence[int] = ()) -> Path:
+    """Encode a BGR uint8 ``picture`` in the format of ``path``'s suffix and write it atomically.
+
+    Encoding happens in memory first, so an unknown suffix is refused before anything is written, and a full
+    disk or an unwritable folder is one :class:`~reid.utils.fsio.WriteError` naming the file (cv2.imwrite
+    only returns False); an existing file is replaced whole or not at all. ``what`` names the picture in
+    messages, ``params`` are OpenCV's encoder flags (e.g. JPEG quality).
+    """
+    path = Path(path)
+    try:
+        encoded, data = cv2.imencode(path.suffix, picture, list(params))
+    except cv2.error:
+        encoded = False
+    if not encoded:
+        raise ReIDError(f"Cannot write the {what} {path}: OpenCV cannot encode a {path.suffix or 'suffix-less'!r} "
+                        "file; use a .png or .jpg name.")
+    return atomic_write_bytes(path, data.tobytes())

@@ -10,11 +10,11 @@ import os
 import shutil
 from pathlib import Path
 
-import cv2
 import numpy as np
 import torch
 
 from reid.data.datasets import DATASET_REGISTRY, MarketStyleSource, ReIDDataset
+from reid.data.io import save_picture
 from reid.utils.errors import ReIDError
 
 
@@ -64,7 +64,4 @@ def to_uint8_bgr(image: torch.Tensor) -> np.ndarray:
 def write_image(image: torch.Tensor, path: Path) -> Path:
     """Write a (3, H, W) float RGB image in [0, 1] losslessly (the suffix picks the format; use .png: a JPEG
     would partly undo an adversarial perturbation)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if not cv2.imwrite(str(path), to_uint8_bgr(image)):
-        raise ReIDError(f"Cannot write image {path}; check that the folder is writable.")
-    return path
+    return save_picture(path, to_uint8_bgr(image), "image")

@@ -20,6 +20,8 @@ import logging
 import os
 import shutil
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -70,14 +72,21 @@ def setup_run(cfg: CfgNode, config_name: str | None = CONFIG_NAME) -> torch.devi
     return device
 
 
-def lock_output(folder: str | Path) -> RunLock:
+@contextmanager
+def lock_output(folder: str | Path) -> Iterator[RunLock]:
     """The exclusive lock of an output folder for a command's whole run (``with lock_output(dir): ...``).
 
     Under DDP only rank 0 holds it (torchrun's RANK; the process group may not exist yet). A second command
     on a locked folder stops at once (exit 2) naming the holder's pid and command; the kernel drops the lock
-    when its process dies, so a killed run never leaves a stale one.
+    when its process dies, so a killed run never leaves a stale one. Once the lock is held, the temporary
+    files of writes a killed command left there (each can be a checkpoint's size) are removed: no other
+    writer can be mid-write in the folder then.
     """
-    return RunLock(folder, hold=comm.get_rank_from_env() == 0)
+    hold = comm.get_rank_from_env() == 0
+    with RunLock(folder, hold=hold) as lock:
+        if hold:
+            remove_stale_temporaries(folder)
+        yield lock
 
 
 def write_results(output_dir: str | Path, data: dict) -> Path:
@@ -116,12 +125,6 @@ class RunFolder:
     @property
     def last(self) -> Path:
         return self.path / LAST
-
-    def remove_stale_temporaries(self) -> None:
-        """Temporary files a killed run left while writing a checkpoint (each can be a full checkpoint's size);
-        call it with the folder's lock held, when no other run can be writing them."""
-        for path in remove_stale_temporaries(self.path) if self.path.is_dir() else []:
-            logger.info(f"Removed {path}, left by a run killed while writing.")
 
     def run_files(self) -> list[str]:
         """The files that show a training run has used this folder (checkpoints, its config, log or metrics)."""

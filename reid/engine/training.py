@@ -39,9 +39,7 @@ def train(cfg: CfgNode, resume: bool = False, overwrite: bool = False) -> dict:
     the whole run: a second run on it stops at once, naming this one.
     """
     folder = RunFolder(cfg.OUTPUT_DIR)
-    with lock_output(folder.path):
-        if comm.get_rank_from_env() == 0:
-            folder.remove_stale_temporaries()
+    with lock_output(folder.path):  # which also removes the temporary files of a killed run's writes
         folder.check_start(resume, overwrite)
         if comm.get_rank_from_env() == 0 and (not resume or not folder.last.is_file()):
             # A fresh start (--overwrite, or --resume of a run killed before its first checkpoint) keeps the

@@ -9,6 +9,7 @@ import cv2
 import numpy as np
 import torch
 
+from reid.data.io import save_picture
 from reid.evaluation.drawing import BACKGROUND_COLOR, CAPTION_SCALE, FONT, MARGIN, TEXT_COLOR, fit_text, text_width
 from reid.evaluation.protocol import RankResult
 from reid.utils.errors import ReIDError
@@ -104,15 +105,7 @@ def draw_attack_triptych(clean, adversarial, eps: float, path: str | Path, *, at
         text, text_scale = fit_text(text, layout.width - 2 * MARGIN, _TITLE_SCALE)
         cv2.putText(canvas, text, (MARGIN, MARGIN + 15 + line * _TITLE_LINE), FONT, text_scale, TEXT_COLOR, 1,
                     cv2.LINE_AA)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        written = cv2.imwrite(str(path), canvas)
-    except cv2.error:  # an extension OpenCV does not know
-        written = False
-    if not written:
-        raise ReIDError(f"Could not write the attack triptych {path}: use a .png name in a writable folder.")
-    return path
+    return save_picture(path, canvas, "attack triptych")
 
 
 def _draw_colorbar(canvas: np.ndarray, layout: TriptychLayout, top_label: str) -> None:

@@ -13,6 +13,7 @@ in a ranked list. Attack triptychs are drawn by :mod:`reid.evaluation.triptych`.
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import math
@@ -26,6 +27,7 @@ import torch
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from reid.data.io import save_picture
 from reid.evaluation.distances import FeatureDistances
 from reid.evaluation.drawing import (
     BACKGROUND_COLOR,
@@ -42,6 +44,7 @@ from reid.evaluation.drawing import (
 from reid.evaluation.protocol import RankResult
 from reid.evaluation.rank import evaluate_features, evaluate_rank
 from reid.utils.errors import ReIDError
+from reid.utils.fsio import atomic_write_bytes
 
 logger = logging.getLogger("reid.evaluation")
 
@@ -64,10 +67,15 @@ def plot_cmc(curves: Mapping[str, Sequence[float]], path: str | Path, title: str
     "market1501 re-ranked"), not how it was computed.
     """
     fig = cmc_figure(curves, title=title, max_rank=max_rank, what=str(path))
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, format="png", metadata={"Software": None})
-    return path
+    return save_figure(fig, path, format="png", metadata={"Software": None})
+
+
+def save_figure(fig: Figure, path: str | Path, **savefig_kwargs) -> Path:
+    """Render a matplotlib figure in memory and write it atomically (a full disk is one clear message)."""
+    buffer = io.BytesIO()
+    savefig_kwargs.setdefault("format", Path(path).suffix.lstrip(".") or "png")
+    fig.savefig(buffer, **savefig_kwargs)
+    return atomic_write_bytes(path, buffer.getvalue())
 
 
 def cmc_figure(curves: Mapping[str, Sequence[float]], title: str = "", max_rank: int = 20,
@@ -264,9 +272,7 @@ def _save_ranked_lists(rows: DistanceRows, shape: tuple[int, int], evaluate: Eva
                    for gi in order[:topk]]
         picture = _render(q_paths[qi], q_ap, q_pids[qi], q_camids[qi], results, topk)
         file = out_dir / f"q{n:03d}_{Path(q_paths[qi]).stem}.jpg"
-        if not cv2.imwrite(str(file), picture, _JPEG_PARAMS):
-            raise ReIDError(f"Could not write the ranked list {file}: check that the folder is writable.")
-        written.append(file)
+        written.append(save_picture(file, picture, "ranked list", _JPEG_PARAMS))
     return written
 
 

@@ -14,6 +14,7 @@ from reid.config import load_config
 from reid.engine.training import train
 from reid.experiments.synthetic import generate_synthetic
 from reid.export import export_model
+from reid.utils.fsio import atomic_write_text
 from reid.utils.logger import setup_logger
 
 logger = logging.getLogger("reid.demo")
@@ -42,7 +43,7 @@ def run_demo(root: str = "datasets", output_dir: str = "output/demo", opts: tupl
         logger.info(f"Exported and verified {onnx_path}")
     report = format_demo_table(table)
     print("\n" + report + f"\n\nDemo finished in {time.perf_counter() - start:.0f} s; outputs in {output_dir}/")
-    (Path(output_dir) / "demo_results.md").write_text(report + "\n")
+    atomic_write_text(Path(output_dir) / "demo_results.md", report + "\n")
     return table
 
 

@@ -13,6 +13,7 @@ folder. The reference is always the float32 PyTorch model.
 from __future__ import annotations
 
 import copy
+import secrets
 import os
 from contextlib import nullcontext
 from collections.abc import Callable, Sequence
@@ -35,7 +36,7 @@ from reid.export.verify import (
     verify,
 )
 from reid.utils.errors import ReIDError
-from reid.utils.fsio import WriteError, describe_write_error, find_os_error, is_write_failure
+from reid.utils.fsio import TMP_SUFFIX, WriteError, describe_write_error, find_os_error, is_write_failure
 
 FORMATS = ("onnx", "torchscript", "release")
 DYNAMIC_BATCH_SIZES = (1, 4)  # a dynamic batch axis is checked with two sizes
@@ -100,7 +101,9 @@ def _export(weights: str | Path, output: Path, fmt: str, config: str | Path | Cf
             batch: int | None, half: bool, opset: int, verify_images: str | Path | None) -> ExportResult:
     module, cfg = load_exportable(weights, config, opts, "cpu")
     batches = _verification_batches(cfg, batch, verify_images)
-    tmp = output.with_name(f".{output.name}.tmp")
+    # Named like atomic_write's temporaries, so that a killed export's leftover is removed by the next command
+    # that locks the folder.
+    tmp = output.with_name(f".{output.name}.{secrets.token_hex(4)}{TMP_SUFFIX}")
     try:
         run, operators, forbidden = _write(fmt, module, cfg, tmp, batch, half, opset)
         tolerance = FP16_TOLERANCE if half else FP32_TOLERANCE

@@ -22,6 +22,7 @@ import numpy as np
 from reid.export.extractor import FeatureExtractor
 from reid.export.image_files import check_writable_file, describe_others, parse_identity, scan_images
 from reid.utils.errors import DatasetError, ReIDError
+from reid.utils.fsio import atomic_write
 
 ProgressCallback = Callable[[int, int], None]  # (images done, total), e.g. a reid.utils.progress.Progress.set
 
@@ -44,15 +45,12 @@ class FolderFeatures:
         def relative(paths: list[Path]) -> np.ndarray:
             return np.array([p.relative_to(self.root).as_posix() for p in paths], dtype=str)
 
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            with open(path, "wb") as f:  # a file object: np.savez would append ".npz" to a name without it
-                np.savez(f, features=self.features, paths=relative(self.paths), pids=self.pids,
-                         camids=self.camids, root=np.array(str(self.root)),
-                         unreadable=relative([p for p, _ in self.unreadable]))
-        except OSError as exc:
-            raise ReIDError(f"Cannot write features to {path}: {exc.strerror or exc}.") from exc
-        return path
+        # To a file object (np.savez would append ".npz" to a name without it), atomically: a full disk is
+        # one message naming the file, and an earlier file is replaced whole or not at all.
+        return atomic_write(path, lambda f: np.savez(f, features=self.features, paths=relative(self.paths),
+                                                     pids=self.pids, camids=self.camids, root=np.array(str(self.root)),
+                                                     unreadable=relative([p for p, _ in self.unreadable])),
+                            bytes_needed=self.features.nbytes)
 
     def report(self, shown: int = 20) -> list[str]:
         """Warning lines about what was not extracted: unreadable images (the first ``shown``) and other files."""

@@ -59,6 +59,7 @@ class Preprocessor:
 
     def __init__(self, cfg: CfgNode) -> None:
         self.transform = build_transforms(cfg, is_train=False)
+        self.max_pixels = cfg.INPUT.MAX_IMAGE_PIXELS  # so `KEY VALUE` on extract/search sets the cap too
 
     def __call__(self, item: Any) -> torch.Tensor:
         return self.to_model_input(self.decode(item))
@@ -69,7 +70,7 @@ class Preprocessor:
             if os.path.isdir(item):
                 raise ReIDError(f"{os.fspath(item)} is a folder; pass its image files "
                                 "(e.g. reid.export.find_images(folder)).")
-            return read_image(item)
+            return read_image(item, self.max_pixels)
         if isinstance(item, np.ndarray):
             return _array_to_rgb(item)
         if isinstance(item, torch.Tensor):

@@ -14,9 +14,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-import cv2
 import numpy as np
 
+from reid.data.io import save_picture
 from reid.evaluation.drawing import (
     BACKGROUND_COLOR,
     MATCH_COLOR,
@@ -104,11 +104,4 @@ def draw_search_results(results: Sequence[SearchResult], path: str | Path) -> Pa
     path = check_picture_path(path)
     if not results:
         raise ReIDError(f"No search results to draw into {path}.")
-    canvas = render_search_results(results)
-    try:
-        written = cv2.imwrite(str(path), canvas)
-    except (OSError, cv2.error):  # cv2 raises for an unknown extension, returns False for an unwritable file
-        written = False
-    if not written:
-        raise ReIDError(f"Could not write {path}: use a .jpg or .png name in a writable folder.")
-    return path
+    return save_picture(path, render_search_results(results), "search results picture")

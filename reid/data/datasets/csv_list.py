@@ -53,6 +53,9 @@ CSV_COLUMNS = ("path", "pid", "camid", "split")
 SPLITS = ("train", "query", "gallery")
 #: Problems listed in one message; the rest are counted.
 MAX_LISTED = 8
+#: Lines a list may hold: 40 times MSMT17's 126,441 images. A longer file is the wrong file (a log, a dump),
+#: refused at that line rather than read into memory whole.
+MAX_CSV_LINES = 5_000_000
 CSV_HINT = ("Each line is path,pid,camid,split: the image relative to the CSV's folder, an integer identity >= 0, "
             "a camera numbered from 1 and train, query or gallery; README.md, section 'Your own data', has an "
             "example.")
@@ -171,6 +174,10 @@ class CsvListSource(DatasetSource):
             try:
                 for fields in reader:
                     line = reader.line_num
+                    if line > MAX_CSV_LINES:
+                        raise DatasetError(f"{self.csv_path} has more than {MAX_CSV_LINES:,} lines: that is not a "
+                                           "dataset list of images (MSMT17, the largest ReID set, has 126,441 "
+                                           "images). Give the right file, or split the list.")
                     if not any(f.strip() for f in fields):
                         continue  # blank lines are allowed
                     row = _parse_row(fields, index, len(columns), line, folder, problems)

@@ -9,6 +9,7 @@ from typing import Any
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from reid.evaluation.visualize import save_figure
 from reid.experiments.study.spec import StudySpec
 from reid.experiments.study.statistics import SAME, Condition
 
@@ -38,9 +39,7 @@ def plot_study(spec: StudySpec, summary: list[dict[str, Any]], out: Path, metric
     if panels:
         fig.axes[0].legend(fontsize=8)
         FigureCanvasAgg(fig)
-        path = out / "study_attacks.png"
-        fig.savefig(path, dpi=110)
-        paths.append(path)
+        paths.append(save_figure(fig, out / "study_attacks.png", dpi=110))
 
     domains = sorted({c for c, _ in clean}, key=Condition.order)
     fig = Figure(figsize=(1.2 + 1.1 * len(spec.arms) * len(domains) / 2, 3.6), constrained_layout=True)
@@ -58,7 +57,5 @@ def plot_study(spec: StudySpec, summary: list[dict[str, Any]], out: Path, metric
     ax.legend(fontsize=8)
     ax.grid(axis="y", alpha=0.3)
     FigureCanvasAgg(fig)
-    path = out / "study_domains.png"
-    fig.savefig(path, dpi=110)
-    paths.append(path)
+    paths.append(save_figure(fig, out / "study_domains.png", dpi=110))
     return paths
