@@ -289,6 +289,7 @@ def test_run_writes_results_pictures_and_an_evaluable_adversarial_set(synthetic_
     saved = json.loads((tmp_path / "out" / "results.json").read_text())
     entry = saved["results"]["synthetic_market"]
     assert entry == json.loads(json.dumps(results_document(table)["synthetic_market"]))
+    assert saved["units"] == "metrics are fractions in [0, 1]; the tools print them as percentages; eps in 1/255"
     # Structured records: attack, objective and eps as fields, not a string to parse back.
     assert {(row["attack"], row["objective"], row["eps"]) for row in entry["attacks"]} == {
         ("pgd", "feature", 8.0), ("pgd", "metric", 8.0)}

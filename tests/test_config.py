@@ -137,3 +137,19 @@ def test_every_key_is_listed_with_its_meaning_by_python_m_reid_config():
     only_lfm = subprocess.run([sys.executable, "-m", "reid.config", "model.lfm"], capture_output=True, text=True,
                               check=True).stdout.splitlines()
     assert only_lfm and all(line.startswith("MODEL.LFM.") for line in only_lfm)
+
+
+def test_saved_config_has_no_yaml_anchors(tmp_path):
+    # One object reached twice (SIZE_TEST set from SIZE_TRAIN) is what PyYAML writes as &id001 / *id001.
+    import yaml
+
+    from reid.config.loader import _PlainDumper
+
+    shared = [256, 128]
+    assert "&id" in yaml.safe_dump({"a": shared, "b": shared})  # what the plain dumper prevents
+    assert "&id" not in yaml.dump({"a": shared, "b": shared}, Dumper=_PlainDumper)
+    cfg = get_cfg_defaults()
+    cfg.INPUT.SIZE_TEST = cfg.INPUT.SIZE_TRAIN
+    text = save_config(cfg, tmp_path / "config.yaml").read_text()
+    assert "&id" not in text and "*id" not in text
+    assert load_config(str(tmp_path / "config.yaml")).INPUT.SIZE_TEST == cfg.INPUT.SIZE_TRAIN

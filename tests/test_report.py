@@ -302,6 +302,26 @@ def test_comparison_page_puts_runs_side_by_side(problem, tmp_path):
         write_comparison_report([bot, lfm], tmp_path / "x.html", labels=["only one"])
 
 
+def test_plot_cmc_report_option_writes_the_comparison_page(problem, tmp_path, capsys):
+    # `tools/plot_cmc.py RUN ... --report page.html`: the CMC plots from results.json, the page from report_data.json.
+    from reid.cli import plot_cmc as plot_cmc_tool
+
+    runs = []
+    for name in ("bot_synthetic", "lfm_synthetic"):
+        run = tmp_path / name
+        write_report(ReportData(name, [_report(problem, num_queries=2)]), run)
+        cmc = [float(v) for v in problem["results"]["plain"].cmc]
+        (run / "results.json").write_text(json.dumps({"results": {"synthetic_market": {
+            "R1": cmc[0], "R5": cmc[4], "R10": cmc[9], "mAP": 0.5, "mINP": 0.2, "cmc": cmc}}}))
+        runs.append(str(run))
+    plot_cmc_tool.main([*runs, "-o", str(tmp_path / "plots"), "--report", str(tmp_path / "demo_report.html")])
+    printed = capsys.readouterr().out
+    assert f"Wrote {tmp_path / 'plots' / 'cmc_synthetic_market.png'}" in printed
+    assert f"Wrote {tmp_path / 'demo_report.html'}" in printed
+    summary = _Page((tmp_path / "demo_report.html").read_text()).tables[0]
+    assert [row[0] for row in summary[1:] if not row[1].endswith("(re-ranked)")] == ["bot_synthetic", "lfm_synthetic"]
+
+
 def test_unreadable_images_become_placeholders(problem, tmp_path, caplog):
     report = _report(problem, num_queries=1, topk=3, camera_pairs=False)
     report.worst[0].results[0].path = str(tmp_path / "moved_away.jpg")

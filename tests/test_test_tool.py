@@ -86,6 +86,12 @@ def test_cli_evaluates_both_domains_and_writes_results(tmp_path, checkpoint):
         assert 0 <= row["mINP"] <= row["mAP"] <= 1 and 0 <= row["R1"] <= row["R5"] <= row["R10"] <= 1
         assert len(row["cmc"]) == 10 and "rerank" not in row
     assert (out / "cmc_synthetic_market.png").is_file() and (out / "cmc_synthetic_duke.png").is_file()
+    assert saved["units"].startswith("metrics are fractions in [0, 1]")
+    printed = proc.stdout + proc.stderr
+    assert f"Wrote the CMC plot {out / 'cmc_synthetic_market.png'}" in printed  # the user is told where it went
+    assert f"Wrote {out / 'report.html'} (open it in a browser)" in printed
+    page = (out / "report.html").read_text()
+    assert "synthetic_market" in page and "synthetic_duke" in page and "data:image/png;base64," in page
 
 
 def test_checkpoint_without_config_needs_config(tmp_path, checkpoint):

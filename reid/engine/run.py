@@ -89,6 +89,10 @@ def lock_output(folder: str | Path) -> Iterator[RunLock]:
         yield lock
 
 
+#: What the numbers of every results.json mean (test, training, attacks).
+RESULTS_UNITS = "metrics are fractions in [0, 1]; the tools print them as percentages"
+
+
 def write_results(output_dir: str | Path, data: dict) -> Path:
     """Write ``results.json``; an earlier one is kept as ``results.<mtime>.json``, never silently lost.
 

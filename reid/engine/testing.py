@@ -10,7 +10,7 @@ from yacs.config import CfgNode
 from reid.config import load_config
 from reid.data import check_datasets
 from reid.engine.dataset_record import TEST_SUBSETS
-from reid.engine.run import lock_output, resolve_weights, setup_run, write_results
+from reid.engine.run import RESULTS_UNITS, lock_output, resolve_weights, setup_run, write_results
 from reid.evaluation.evaluator import ExtractedFeatures, evaluate_datasets
 from reid.evaluation.rank import RankResult
 from reid.evaluation.report import DatasetReport, ReportData, build_dataset_report, write_report
@@ -67,7 +67,7 @@ def test(cfg: CfgNode, weights: str | Path, vis: int = 0, vis_mode: str = "worst
 def results_document(table: dict, **fields: object) -> dict:
     """What results.json holds: the table, what produced it, and the unit of its numbers."""
     return {"results": table, **fields,
-            "units": "metrics are fractions in [0, 1]; the tools print them as percentages"}
+            "units": RESULTS_UNITS}
 
 
 def dataset_report(cfg: CfgNode, name: str, extracted: ExtractedFeatures,

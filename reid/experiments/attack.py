@@ -17,7 +17,7 @@ from yacs.config import CfgNode
 
 from reid.data import check_datasets
 from reid.data.query_sets import can_replace_queries, mirror_with_empty_queries, write_image
-from reid.engine.run import lock_output, setup_run, write_results
+from reid.engine.run import RESULTS_UNITS, lock_output, setup_run, write_results
 from reid.evaluation.attacks import PGD_ALPHA_FACTOR, AttackRun, plan_runs
 from reid.evaluation.rank import RankResult
 from reid.evaluation.robustness import ATTACK_PROTOCOL, AttackedBatch, evaluate_attacks, format_attack_table
@@ -122,5 +122,6 @@ def write_attack_results(cfg: CfgNode, out: Path, weights: str | Path, steps: in
                 "feat_norm": cfg.TEST.FEAT_NORM, "flip": cfg.TEST.FLIP, "eps_unit": "1/255",
                 "precision": "float32", "images": "8-bit (quantised to the 1/255 grid inside the eps ball)",
                 "step_size": f"fgsm: eps; ifgsm, mifgsm: eps/steps; pgd: {PGD_ALPHA_FACTOR}*eps/steps"}
-    document = {"results": results_document(table), "weights": str(weights), "attack": settings}
+    document = {"results": results_document(table), "weights": str(weights), "attack": settings,
+                "units": f"{RESULTS_UNITS}; eps in 1/255"}
     logger.info(f"Wrote {write_results(out, document)}")
