@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -285,6 +286,8 @@ def test_run_writes_results_pictures_and_an_evaluable_adversarial_set(synthetic_
     cfg = load_config(None, run_opts(synthetic_root, tmp_path / "out"))
     table = attack(cfg, tiny_weights, ["pgd"], [8], ["feature", "metric"], steps=2, vis=2,
                    save_adv=tmp_path / "adv")
+    log = (tmp_path / "out" / "log.txt").read_text()
+    assert re.search(r"attack synthetic_market: (\d+)/\1 queries \(100%\) in ", log)  # progress, closed
 
     saved = json.loads((tmp_path / "out" / "results.json").read_text())
     entry = saved["results"]["synthetic_market"]

@@ -80,6 +80,15 @@ def test_flip_averages_the_features_of_the_image_and_its_mirror():
     assert pids.tolist() == [0, 1, 2, 3, 4] and camids.tolist() == [0, 0, 0, 1, 1] and paths == list("abcde")
 
 
+def test_extraction_logs_its_progress(caplog):
+    images = torch.rand(5, 3, 8, 4)
+    loader = _Batches([{"images": images, "pids": torch.arange(5), "camids": torch.zeros(5, dtype=torch.long),
+                        "paths": list("abcde")}])
+    with caplog.at_level("INFO", logger="reid.evaluation"):
+        extract_features(_LeftColumns(), loader, "cpu", desc="tiny")
+    assert any(r.getMessage().startswith("extract tiny: 5/5 images (100%) in ") for r in caplog.records)
+
+
 def test_reranked_results_come_from_the_bounded_path_and_match_the_dense_one(extracted):
     cfg = load_config(None, ["TEST.RERANK", "True", "TEST.RERANK_K1", "4", "TEST.RERANK_K2", "2", "TEST.MAX_RANK", "5"])
     result = evaluate_extracted(cfg, extracted)["rerank"]

@@ -310,6 +310,7 @@ def test_search_cli(setup, tmp_path) -> None:
     assert ok.returncode == 0, ok.stderr
     assert "0002_c1s1_000451_03.jpg" in ok.stdout and cv2.imread(str(picture)) is not None
     assert "1 file(s) are not images" in ok.stderr
+    assert "extract gallery: 4/4 images (100%) in " in ok.stderr  # the gallery's progress, then its total time
 
 
 def test_search_cli_checks_every_argument_before_loading_the_model(setup, tmp_path, capsys, monkeypatch) -> None:

@@ -122,8 +122,11 @@ def test_same_seed_gives_identical_bytes_whatever_the_worker_count(tmp_path):
     assert set(other_seed) != set(serial)  # different names too, not only different pixels
 
 
-def test_manifest_skips_unchanged_runs_and_regenerates_changed_ones(tmp_path):
-    folder = generate_synthetic("duke", tmp_path, **TINY)
+def test_manifest_skips_unchanged_runs_and_regenerates_changed_ones(tmp_path, caplog):
+    with caplog.at_level("INFO", logger="reid"):
+        folder = generate_synthetic("duke", tmp_path, **TINY)
+    rendered = [r.getMessage() for r in caplog.records if r.getMessage().startswith("render synthetic_duke: ")]
+    assert rendered and " in " in rendered[-1]  # the rendering's progress, closed with its total time
     assert read_manifest(folder)["params"]["seed"] == 0
     marker = folder / "bounding_box_train" / "marker.txt"
     keep = folder / "notes.txt"  # not ours: must survive regeneration
