@@ -65,6 +65,26 @@ def test_best_checkpoint_follows_the_configured_metric(tmp_path, metric, best_ep
     assert load_checkpoint(tmp_path / "last.pth")["best"]["epoch"] == best_epoch  # --resume knows the best
 
 
+def test_resume_restores_the_best_so_a_worse_epoch_does_not_replace_best_pth(tmp_path):
+    # The best so far travels through PeriodicEvaluator's state in last.pth: after a resume, an epoch worse
+    # than the pre-resume best must not overwrite best.pth (with best = None it would).
+    scores = iter([0.8, 0.5, 0.6])
+
+    def evaluate(model, final=False):
+        return {"source": {"R1": 0.5, "mAP": next(scores), "mINP": 0.1}}
+
+    opts = ("SOLVER.MAX_EPOCHS", "2", "TEST.EVAL_PERIOD", "1")
+    make_trainer(tmp_path, evaluate, *opts).train()  # epoch 1: 0.8 (best), epoch 2: 0.5
+    last = load_checkpoint(tmp_path / "last.pth")
+    resumed = make_trainer(tmp_path, evaluate, "SOLVER.MAX_EPOCHS", "3", "TEST.EVAL_PERIOD", "1")
+    resumed.model.load_state_dict(last["model"])
+    resumed.load_state_dict(last, source=str(tmp_path / "last.pth"))
+    assert resumed.last_checkpoint == str(tmp_path / "last.pth")
+    resumed.train()  # epoch 3: 0.6, below the restored best
+    best = load_checkpoint(tmp_path / "best.pth")
+    assert best["epoch"] == 1 and best["best"]["value"] == 0.8
+
+
 def test_failed_evaluation_keeps_the_epochs_checkpoint(tmp_path):
     def evaluate(model, final=False):
         raise RuntimeError("gallery image unreadable")

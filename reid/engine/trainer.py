@@ -124,6 +124,11 @@ class Trainer:
         if hasattr(self.loader, "set_epoch"):
             self.loader.set_epoch(epoch)
 
+    def distribute(self, device: torch.device) -> None:
+        """Wrap the model in DistributedDataParallel (call once the process group exists and weights are final)."""
+        self.model = torch.nn.parallel.DistributedDataParallel(
+            self.model, device_ids=[device.index] if device.type == "cuda" else None)
+
     def compile(self) -> None:
         """``torch.compile`` the training model; it compiles at the first step, where :meth:`run_step` falls
         back to the eager model, with a message, if compilation fails."""
@@ -205,8 +210,9 @@ class Trainer:
             state.update(entries)
         return state
 
-    def load_state_dict(self, state: Mapping) -> None:
-        """Restore a :meth:`state_dict` (the model's weights are checked by the caller, who names the file)."""
+    def load_state_dict(self, state: Mapping, source: str | None = None) -> None:
+        """Restore a :meth:`state_dict` (the model's weights are checked by the caller, who names the file);
+        ``source``: the checkpoint file it came from, which becomes :attr:`last_checkpoint`."""
         self.criterion.load_state_dict(state["criterion"])
         self.optimizer.load_state_dict(state["optimizer"])
         if hasattr(self.criterion, "load_optimizer_state_dict"):
@@ -217,5 +223,7 @@ class Trainer:
         self.start_epoch = state["epoch"]
         self.epoch = state["epoch"] - 1  # the last epoch completed (0-based), until training goes on
         self.iter = state["iteration"]
+        if source is not None:
+            self.last_checkpoint = source
         for hook in self.hooks:
             hook.load_state_dict(state)

@@ -69,8 +69,7 @@ def _train(cfg: CfgNode, folder: RunFolder, resume: bool) -> dict:
         save_config(cfg, folder.path / CONFIG_NAME)
         record.write(folder.path)
     if comm.get_world_size() > 1:
-        trainer.model = torch.nn.parallel.DistributedDataParallel(
-            trainer.model, device_ids=[device.index] if device.type == "cuda" else None)
+        trainer.distribute(device)
     if cfg.SOLVER.COMPILE == "on" or (cfg.SOLVER.COMPILE == "auto" and device.type == "cuda"):
         trainer.compile()
     try:
@@ -189,11 +188,10 @@ def _resume(trainer: Trainer, folder: RunFolder) -> None:
               "OUTPUT_DIR.")
     try:
         load_state_checked(trainer.model, state["model"], path, trainer.cfg, advice=advice)
-        trainer.load_state_dict(state)
+        trainer.load_state_dict(state, source=str(path))
     except (RuntimeError, KeyError, ValueError) as exc:
         raise CheckpointError(f"Cannot resume from {path}: it does not match this config "
                               f"({summarize_exception(exc)}). {advice}") from exc
     if comm.is_main_process():
         folder.truncate_metrics(state["iteration"], state["epoch"])
-    trainer.last_checkpoint = str(path)
     logger.info(f"Resumed from {path} at epoch {state['epoch']} (iteration {state['iteration']}).")
