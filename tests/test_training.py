@@ -267,3 +267,25 @@ def test_ddp_ranks_draw_different_augmentations_of_disjoint_samples(synthetic_ro
     # The same images on the two ranks' streams are augmented differently (flip, crop offsets, erasing).
     differs = [not torch.equal(a, b) for a, b in zip(first["common"], second["common"])]
     assert sum(differs) >= 6, differs
+
+
+def test_evaluations_of_a_tensor_run_decode_each_test_set_once(synthetic_root, tmp_path, monkeypatch):
+    # The tensor backend keeps each decoded test set on the device for the next evaluation; the workers
+    # backend reads the images again every time.
+    from reid.data import loaders
+    from reid.data.tensor_loaders import TensorTestLoader
+    from reid.engine.training import RunEvaluation
+
+    cfg = load_config("bot_synthetic.yml", tiny_train_opts(synthetic_root, tmp_path / "run",
+                                                           "DATALOADER.CACHE_DIR", "none"))
+    built = []
+    original = loaders.build_test_data
+    monkeypatch.setattr("reid.engine.training.build_test_data",
+                        lambda *args, **kwargs: built.append(kwargs["backend"]) or original(*args, **kwargs))
+    tensor = RunEvaluation(cfg, torch.device("cpu"), record=None, backend="tensor")
+    first = tensor.test_data("synthetic_market")
+    assert tensor.test_data("synthetic_market") is first and isinstance(first.loader, TensorTestLoader)
+    assert built == ["tensor"]
+    workers = RunEvaluation(cfg, torch.device("cpu"), record=None, backend="workers")
+    assert workers.test_data("synthetic_market") is not workers.test_data("synthetic_market")
+    assert built == ["tensor", "workers", "workers"]
