@@ -6,6 +6,7 @@ import os
 import struct
 import subprocess
 import sys
+import time
 import zlib
 from pathlib import Path
 
@@ -169,6 +170,30 @@ def test_truncated_jpeg_notice_is_kept_off_the_console(tmp_path: Path, capfd, mo
     read_image(cut)
     err = capfd.readouterr().err
     assert "libpng error: something real" in err and "Premature end" not in err
+
+
+def test_truncated_jpegs_read_in_threads_leave_stderr_where_it_was(tmp_path: Path, monkeypatch) -> None:
+    # The decoding cache and the extractor read images in threads; each truncated JPEG redirects fd 2 for a
+    # moment. Overlapping redirections would leave stderr pointing at a deleted temporary file.
+    from concurrent.futures import ThreadPoolExecutor
+
+    whole = tmp_path / "whole.jpg"
+    cv2.imwrite(str(whole), np.random.default_rng(0).integers(0, 256, (64, 32, 3), dtype=np.uint8))
+    cut = tmp_path / "cut.jpg"
+    cut.write_bytes(whole.read_bytes()[: whole.stat().st_size // 2])
+    real_imread = cv2.imread
+
+    def slow_imread(*args):  # widen the window in which fd 2 is redirected
+        time.sleep(0.01)
+        return real_imread(*args)
+
+    monkeypatch.setattr(cv2, "imread", slow_imread)
+    before = os.fstat(2)
+    with ThreadPoolExecutor(8) as pool:
+        shapes = list(pool.map(lambda _: read_image(cut).shape, range(64)))
+    after = os.fstat(2)
+    assert shapes == [(64, 32, 3)] * 64
+    assert (after.st_dev, after.st_ino) == (before.st_dev, before.st_ino)
 
 
 def test_enormous_image_folder_is_refused(tmp_path: Path) -> None:

@@ -12,6 +12,7 @@ import logging
 import os
 import struct
 import tempfile
+import threading
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -200,12 +201,23 @@ def _pillow_size(path: str, data: bytes) -> tuple[int, int] | None:
         return None
 
 
+# File descriptor 2 is one per process: images decoded in threads (the decoding cache, the extractor) take
+# turns, or one thread could save another's redirection as "the console" and leave stderr pointing at a
+# deleted file.
+_stderr_redirect = threading.Lock()
+
+
 def _imread_without_libjpeg_eof_notice(path: str) -> np.ndarray | None:
     """cv2.imread with libjpeg's "Premature end of JPEG file" kept off the console (it is logged by path).
 
     libjpeg prints it from C straight to file descriptor 2, so it is caught there; anything else printed
     meanwhile (a real error) is passed on to stderr unchanged.
     """
+    with _stderr_redirect:
+        return _imread_capturing_stderr(path)
+
+
+def _imread_capturing_stderr(path: str) -> np.ndarray | None:
     try:
         saved = os.dup(2)
     except OSError:
