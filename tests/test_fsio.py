@@ -258,3 +258,31 @@ def test_a_picture_with_an_unknown_suffix_is_refused_before_writing(tmp_path: Pa
     with pytest.raises(ReIDError, match=r"attack triptych .*triptych\.xyz.*use a \.png or \.jpg name"):
         save_picture(tmp_path / "triptych.xyz", np.zeros((4, 4, 3), np.uint8), "attack triptych")
     assert list(tmp_path.iterdir()) == []
+
+
+LOG_UNDER_FILE_SIZE_LIMIT = """
+import resource, signal, sys
+from reid.utils.logger import setup_logger
+
+logger = setup_logger(sys.argv[1])
+logger.info("first line, written")
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+resource.setrlimit(resource.RLIMIT_FSIZE, (4096, 4096))
+for i in range(100):
+    logger.info(f"line {i:03d} " + "x" * 100)
+print("still running", flush=True)
+"""
+
+
+def test_a_full_disk_under_log_txt_is_said_once_and_the_run_goes_on(tmp_path: Path) -> None:
+    script = tmp_path / "log.py"
+    script.write_text(LOG_UNDER_FILE_SIZE_LIMIT)
+    folder = tmp_path / "run"
+    result = subprocess.run([sys.executable, str(script), str(folder)], capture_output=True, text=True,
+                            timeout=120, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert result.returncode == 0, result.stderr
+    assert "Traceback" not in result.stderr and "Logging error" not in result.stderr
+    assert result.stderr.count(f"Cannot write {folder / 'log.txt'}: the file is larger than allowed") == 1
+    assert "Log lines go to the console only from now on." in result.stderr
+    assert "line 099" in result.stdout and result.stdout.rstrip().endswith("still running")  # the console kept all
+    assert "first line, written" in (folder / "log.txt").read_text()

@@ -156,6 +156,14 @@ def test_page_is_self_contained_and_shows_the_evaluators_numbers(problem, tmp_pa
     assert "w.pth" in text
 
 
+def test_building_the_report_logs_its_progress(problem, caplog):
+    with caplog.at_level("INFO", logger="reid.evaluation"):
+        _report(problem, num_queries=2)
+    num_q = len(problem["q_pids"])
+    assert any(r.getMessage().startswith(f"report synthetic_market: {num_q}/{num_q} queries (100%) in ")
+               for r in caplog.records)
+
+
 def test_report_data_is_small_json_that_round_trips(problem, tmp_path):
     data = ReportData("run", [_report(problem)])
     path = data.save(tmp_path / REPORT_DATA)

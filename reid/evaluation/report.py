@@ -50,6 +50,7 @@ from reid.evaluation.report_data import (
 from reid.evaluation.report_html import render_report_html
 from reid.utils.errors import ReIDError
 from reid.utils.fsio import atomic_write_text
+from reid.utils.progress import Progress
 
 logger = logging.getLogger("reid.evaluation")
 
@@ -99,7 +100,8 @@ def build_dataset_report(name: str, qf, gf, q_pids, g_pids, q_camids, g_camids, 
     histogram = (_HistogramCounts(qf, gf, unit_features, histogram_bins, distances.device)
                  if histogram_bins > 0 else None)
     cells = _CameraCells(labels, distances.device) if camera_pairs else None
-    lists, rank1_hit = _scan_query_blocks(distances, labels, listed, topk, histogram, cells)
+    with Progress(f"report {name}", distances.shape[0], "queries", logger=logger) as progress:
+        lists, rank1_hit = _scan_query_blocks(distances, labels, listed, topk, histogram, cells, progress)
     report.worst = [lists[int(plain.query_indices[p])] for p in worst]
     report.best = [lists[int(plain.query_indices[p])] for p in best]
     if cells is not None:
@@ -110,8 +112,8 @@ def build_dataset_report(name: str, qf, gf, q_pids, g_pids, q_camids, g_camids, 
 
 
 def _scan_query_blocks(distances: FeatureDistances, labels: _Labels, listed: Mapping[int, float], topk: int,
-                       histogram: _HistogramCounts | None,
-                       cells: _CameraCells | None) -> tuple[dict[int, QueryList], np.ndarray]:
+                       histogram: _HistogramCounts | None, cells: _CameraCells | None,
+                       progress: Progress) -> tuple[dict[int, QueryList], np.ndarray]:
     """One pass over blocks of query rows: feeds the histogram and the camera cells, keeps the ranked lists
     of the ``listed`` queries (query -> AP) and whether each query's rank 1 is a true match."""
     num_q, num_g = distances.shape
@@ -139,6 +141,7 @@ def _scan_query_blocks(distances: FeatureDistances, labels: _Labels, listed: Map
         for position, query in enumerate(queries.tolist()):
             if query in listed:
                 lists[query] = _query_list(query, listed[query], dist[position].cpu().numpy(), labels, topk)
+        progress.update(len(queries))
     return lists, rank1_hit
 
 

@@ -6,7 +6,34 @@ import logging
 import sys
 from pathlib import Path
 
+from reid.utils.fsio import describe_write_error
+
 _FORMAT = "%(asctime)s %(name)s %(levelname)s: %(message)s"
+
+
+class _LogFileHandler(logging.FileHandler):
+    """log.txt. A write that fails (a full disk) is said once on the console, in our words, and the file is
+    dropped for the rest of the run: the run goes on logging to the console, instead of logging printing its
+    own traceback for every line."""
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        error = sys.exc_info()[1]
+        if not isinstance(error, OSError):
+            return super().handleError(record)
+        message = describe_write_error(error, self.baseFilename, note="Log lines go to the console only from now on.")
+        sys.stderr.write(message + "\n")
+        for logger in _loggers_with(self):
+            logger.removeHandler(self)
+        try:
+            self.close()
+        except OSError:
+            pass  # closing flushes into the same full disk
+
+
+def _loggers_with(handler: logging.Handler) -> list[logging.Logger]:
+    loggers = [logging.getLogger(), *(obj for obj in logging.Logger.manager.loggerDict.values()
+                                      if isinstance(obj, logging.Logger))]
+    return [logger for logger in loggers if handler in logger.handlers]
 
 
 def setup_logger(output_dir: str | Path | None = None, rank: int = 0, name: str = "reid") -> logging.Logger:
@@ -22,7 +49,7 @@ def setup_logger(output_dir: str | Path | None = None, rank: int = 0, name: str 
     logger.addHandler(console)
     if output_dir is not None and rank == 0:
         Path(output_dir).mkdir(parents=True, exist_ok=True)
-        file_handler = logging.FileHandler(Path(output_dir) / "log.txt")
+        file_handler = _LogFileHandler(Path(output_dir) / "log.txt")
         file_handler.setFormatter(logging.Formatter(_FORMAT))
         logger.addHandler(file_handler)
     return logger
