@@ -153,3 +153,17 @@ def test_saved_config_has_no_yaml_anchors(tmp_path):
     text = save_config(cfg, tmp_path / "config.yaml").read_text()
     assert "&id" not in text and "*id" not in text
     assert load_config(str(tmp_path / "config.yaml")).INPUT.SIZE_TEST == cfg.INPUT.SIZE_TRAIN
+
+
+def test_changes_since_stored_names_keys_whose_default_changed_the_recipe():
+    from reid.config import changes_since_stored
+
+    current = config_to_dict(get_cfg_defaults())
+    older = config_to_dict(get_cfg_defaults())
+    del older["INPUT"]["RE_STYLE"]  # written before the key existed: it used torchvision's erasing
+    assert changes_since_stored(older, current) == [("INPUT.RE_STYLE", "torchvision", "bot")]
+    current["INPUT"]["RE_PROB"] = 0.0
+    assert changes_since_stored(older, current) == []  # erasing off: its style changes nothing
+    current["INPUT"]["RE_PROB"], current["INPUT"]["RE_STYLE"] = 0.5, "torchvision"
+    assert changes_since_stored(older, current) == []  # the old recipe kept
+    assert changes_since_stored(config_to_dict(get_cfg_defaults()), config_to_dict(get_cfg_defaults())) == []

@@ -349,3 +349,17 @@ def test_records_round_trip_and_read_the_earlier_format(tmp_path):
     legacy = {**record.to_json(), "attacks": {"pgd/metric/eps4": legacy_entry}}
     path.write_text(json.dumps(legacy))  # keyed by strings, as records of earlier versions are
     assert read_record(path).attacks == record.attacks
+
+
+def test_config_differences_count_a_new_key_only_when_its_default_changed_the_recipe():
+    from reid.config import config_to_dict, get_cfg_defaults
+    from reid.experiments.study.cells import config_differences
+
+    current = config_to_dict(get_cfg_defaults())
+    older = config_to_dict(get_cfg_defaults())
+    del older["INPUT"]["RE_STYLE"], older["INPUT"]["MAX_IMAGE_PIXELS"]  # two keys an older version lacked
+    # MAX_IMAGE_PIXELS changes no result; RE_STYLE's default did change the erasing a cell was trained with.
+    assert config_differences(older, current) == ["INPUT.RE_STYLE: 'torchvision' (before INPUT.RE_STYLE existed) "
+                                                  "-> 'bot'"]
+    older["SOLVER"]["BASE_LR"] = 0.1
+    assert config_differences(older, current)[0] == f"SOLVER.BASE_LR: 0.1 -> {current['SOLVER']['BASE_LR']!r}"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -289,3 +290,26 @@ def test_evaluations_of_a_tensor_run_decode_each_test_set_once(synthetic_root, t
     workers = RunEvaluation(cfg, torch.device("cpu"), record=None, backend="workers")
     assert workers.test_data("synthetic_market") is not workers.test_data("synthetic_market")
     assert built == ["tensor", "workers", "workers"]
+
+
+def test_resuming_a_run_older_than_a_key_whose_default_changed_says_so(synthetic_root, tmp_path):
+    # A checkpoint written before INPUT.RE_STYLE existed was trained with torchvision's erasing; resumed with
+    # today's default (BoT's) the recipe changes mid-run, which the log must say, with the key that keeps it.
+    from reid.utils.checkpoint import atomic_save
+
+    opts = tiny_train_opts(synthetic_root, tmp_path / "run", "DATASETS.TEST", "synthetic_market", "SOLVER.MAX_EPOCHS",
+                           "1", "INPUT.SIZE_TRAIN", "(32, 16)", "INPUT.SIZE_TEST", "(32, 16)")
+    train(load_config("bot_synthetic.yml", opts))
+    last = tmp_path / "run" / "last.pth"
+    state = load_checkpoint(last)
+    del state["config"]["INPUT"]["RE_STYLE"]  # as an older version wrote it
+    atomic_save(state, last)
+    kept = tmp_path / "kept"
+    shutil.copytree(tmp_path / "run", kept)
+    train(load_config("bot_synthetic.yml", [*opts, "SOLVER.MAX_EPOCHS", "2"]), resume=True)
+    log = (tmp_path / "run" / "log.txt").read_text()
+    assert (f"--resume: {last} was written before INPUT.RE_STYLE existed; the run used 'torchvision' and goes on "
+            "with 'bot', this version's default. To keep its recipe, resume with INPUT.RE_STYLE torchvision.") in log
+    train(load_config("bot_synthetic.yml", [*opts, "OUTPUT_DIR", str(kept), "SOLVER.MAX_EPOCHS", "2",
+                                            "INPUT.RE_STYLE", "torchvision"]), resume=True)
+    assert "was written before INPUT.RE_STYLE existed" not in (kept / "log.txt").read_text()

@@ -3,6 +3,7 @@
 from reid.config.configurable import ComponentRegistry, ConfigNode, Option
 from reid.config.defaults import get_cfg_defaults
 from reid.config.loader import (
+    changes_since_stored,
     config_dir,
     config_from_dict,
     config_to_dict,
@@ -12,5 +13,5 @@ from reid.config.loader import (
     save_config,
 )
 
-__all__ = ["ComponentRegistry", "ConfigNode", "Option", "config_dir", "config_from_dict", "config_to_dict",
-           "flatten_config", "get_cfg_defaults", "load_config", "resolve_config_path", "save_config"]
+__all__ = ["ComponentRegistry", "ConfigNode", "Option", "changes_since_stored", "config_dir", "config_from_dict",
+           "config_to_dict", "flatten_config", "get_cfg_defaults", "load_config", "resolve_config_path", "save_config"]

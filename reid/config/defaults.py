@@ -141,6 +141,14 @@ NON_EMPTY = {"DATASETS.TRAIN": "a registered dataset such as market1501", "DATAS
              "as market1501", "MODEL.LOSSES": "a registered loss such as ce or triplet"}
 
 
+#: Keys added after runs were already being made, whose default now differs from what the code did before the
+#: key existed: ``KEY: (the earlier value, the key that must be non-zero for it to matter, or None)``. A stored
+#: config (a checkpoint's, a study cell's) without KEY was made with the earlier value.
+VALUES_BEFORE_KEY_EXISTED = {
+    "INPUT.RE_STYLE": ("torchvision", "INPUT.RE_PROB"),  # erasing was torchvision's until BoT's became the default
+}
+
+
 def get_cfg_defaults() -> CN:
     """A fresh, mutable copy of the defaults (core keys and every registered component's node)."""
     return _C.clone()

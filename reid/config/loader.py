@@ -297,6 +297,15 @@ def config_to_dict(cfg: CN) -> dict:
     return plain(cfg)
 
 
+def changes_since_stored(stored: dict, current: dict) -> list[tuple[str, Any, Any]]:
+    """``(KEY, value before KEY existed, current value)`` for each key of ``VALUES_BEFORE_KEY_EXISTED`` that the
+    stored config (nested, as :func:`config_to_dict` gives) lacks and whose earlier behaviour the current
+    config does not keep: continuing such a run, or mixing it with new ones, would change its recipe silently."""
+    old, new = flatten_config(stored), flatten_config(current)
+    return [(key, before, new[key]) for key, (before, in_use) in defaults.VALUES_BEFORE_KEY_EXISTED.items()
+            if key not in old and key in new and new[key] != before and (in_use is None or new.get(in_use))]
+
+
 def flatten_config(tree: dict, prefix: str = "") -> dict[str, Any]:
     """``{"MODEL.LFM.PROB": 0.15, ...}`` from a nested config mapping (e.g. :func:`config_to_dict`'s)."""
     flat = {}

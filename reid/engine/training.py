@@ -10,7 +10,7 @@ from collections import Counter
 import torch
 from yacs.config import CfgNode
 
-from reid.config import save_config
+from reid.config import changes_since_stored, config_to_dict, save_config
 from reid.data import TestData, TrainData, build_test_data, build_train_data, check_datasets
 from reid.data.datasets import ReIDDataset
 from reid.engine.dataset_record import DatasetRecord
@@ -192,6 +192,9 @@ def _resume(trainer: Trainer, folder: RunFolder) -> None:
     except (RuntimeError, KeyError, ValueError) as exc:
         raise CheckpointError(f"Cannot resume from {path}: it does not match this config "
                               f"({summarize_exception(exc)}). {advice}") from exc
+    for key, before, now in changes_since_stored(state.get("config") or {}, config_to_dict(trainer.cfg)):
+        logger.warning(f"--resume: {path} was written before {key} existed; the run used {before!r} and goes on "
+                       f"with {now!r}, this version's default. To keep its recipe, resume with {key} {before}.")
     if comm.is_main_process():
         folder.truncate_metrics(state["iteration"], state["epoch"])
     logger.info(f"Resumed from {path} at epoch {state['epoch']} (iteration {state['iteration']}).")

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from yacs.config import CfgNode
 
-from reid.config import config_to_dict, flatten_config
+from reid.config import changes_since_stored, config_to_dict, flatten_config
 from reid.experiments.study.records import RECORD_NAME, CellRecord, read_record
 from reid.experiments.study.spec import StudySpec, cell_config
 from reid.modeling import summarize_checkpoint
@@ -52,12 +52,15 @@ class Cell:
 def config_differences(stored: dict, current: dict) -> list[str]:
     """``KEY: stored -> current`` for each result-affecting key the two configs both hold but disagree on.
 
-    Keys only one side holds come from another version of the code (a new option with its default),
-    not from the user's settings, so they are not counted.
+    Keys only one side holds come from another version of the code (a new option), not from the user's
+    settings, so they are not counted, unless the new option's default changed what the code did before it
+    existed (:func:`reid.config.changes_since_stored`).
     """
     old, new = flatten_config(stored), flatten_config(current)
-    return [f"{key}: {old[key]!r} -> {new[key]!r}" for key in new
-            if key in old and key not in RESULT_NEUTRAL_KEYS and old[key] != new[key]]
+    changed = [f"{key}: {old[key]!r} -> {new[key]!r}" for key in new
+               if key in old and key not in RESULT_NEUTRAL_KEYS and old[key] != new[key]]
+    return changed + [f"{key}: {before!r} (before {key} existed) -> {now!r}"
+                      for key, before, now in changes_since_stored(stored, current)]
 
 
 def inspect_cell(cell: Cell) -> list[str]:
