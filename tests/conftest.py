@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import pytest
@@ -23,6 +24,23 @@ def _private_cache_folder(tmp_path_factory):
         os.environ.pop("XDG_CACHE_HOME", None)
     else:
         os.environ["XDG_CACHE_HOME"] = previous
+
+
+@pytest.fixture(autouse=True)
+def _reid_logger_as_it_was():
+    """Tools call setup_logger, which stops the ``reid`` logger propagating (and adds handlers); put it back
+    after each test, so a later test's ``caplog`` sees reid's records whatever ran before it."""
+    logger = logging.getLogger("reid")
+    state = logger.propagate, logger.level, list(logger.handlers)
+    yield
+    for handler in list(logger.handlers):
+        if handler not in state[2]:
+            logger.removeHandler(handler)
+            handler.close()
+    logger.propagate, logger.level = state[0], state[1]
+    for handler in state[2]:
+        if handler not in logger.handlers:
+            logger.addHandler(handler)
 
 
 @pytest.fixture(scope="session")

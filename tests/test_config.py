@@ -167,3 +167,4 @@ def test_changes_since_stored_names_keys_whose_default_changed_the_recipe():
     current["INPUT"]["RE_PROB"], current["INPUT"]["RE_STYLE"] = 0.5, "torchvision"
     assert changes_since_stored(older, current) == []  # the old recipe kept
     assert changes_since_stored(config_to_dict(get_cfg_defaults()), config_to_dict(get_cfg_defaults())) == []
+    assert changes_since_stored({}, current) == []  # no stored config at all says nothing about its version

@@ -6,6 +6,7 @@ import errno
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -179,8 +180,14 @@ def test_stale_temporary_of_a_killed_write_is_removed_and_nothing_else(tmp_path:
         (folder / name).write_text("keep me")
     (folder / ".dir.abcdefgh.tmp").mkdir()
     (folder / ".link.abcdefgh.tmp").symlink_to(folder / "last.pth")
+    in_progress = folder / ".features.npz.q1w2e3r4.tmp"  # being written now by a command without the lock
+    in_progress.write_bytes(b"partial")
+    assert remove_stale_temporaries(folder) == []  # the killed write is seconds old: it could still be running
+    old = time.time() - fsio.STALE_AFTER_SECONDS - 1
+    os.utime(folder / stale, (old, old))
     assert remove_stale_temporaries(folder) == [folder / stale]
-    assert sorted(os.listdir(folder)) == sorted([*keep, ".dir.abcdefgh.tmp", ".link.abcdefgh.tmp", "last.pth"])
+    assert sorted(os.listdir(folder)) == sorted([*keep, ".dir.abcdefgh.tmp", ".link.abcdefgh.tmp", "last.pth",
+                                                 in_progress.name])
     assert (folder / "last.pth").read_bytes() == b"previous"
     assert remove_stale_temporaries(tmp_path / "missing") == []
 

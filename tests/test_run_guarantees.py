@@ -128,8 +128,9 @@ def test_resume_from_scratch_keeps_no_metrics_of_the_killed_run_and_removes_temp
     out = tmp_path / "run"
     out.mkdir()
     (out / "metrics.jsonl").write_text(json.dumps({"type": "train", "epoch": 1, "iter": 2, "loss": 9.0}) + "\n")
-    stale = out / ".last.pth.a1b2c3d4.tmp"  # what a kill during atomic_save leaves
+    stale = out / ".last.pth.a1b2c3d4.tmp"  # what a kill during atomic_save leaves, minutes ago
     stale.write_bytes(b"\0" * 1000)
+    os.utime(stale, (time.time() - 600, time.time() - 600))
     opts = tiny_train_opts(synthetic_root, out, "SOLVER.MAX_EPOCHS", "1", "DATASETS.TEST", "synthetic_market")
     train(load_config("bot_synthetic.yml", opts), resume=True)
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
@@ -230,8 +231,9 @@ def test_lock_output_is_held_by_rank_0_only_and_clears_stale_temporaries(tmp_pat
 
     folder = tmp_path / "run"
     folder.mkdir()
-    stale = folder / ".model.onnx.0a1b2c3d.tmp"  # what a killed export (or any atomic write) leaves
+    stale = folder / ".model.onnx.export__.tmp"  # what a killed export leaves, minutes ago
     stale.write_bytes(b"partial")
+    os.utime(stale, (time.time() - 600, time.time() - 600))
     monkeypatch.setenv("RANK", "1")
     with lock_output(folder) as lock:
         assert not lock.held and stale.exists()  # another rank neither locks nor touches rank 0's files

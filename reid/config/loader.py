@@ -300,7 +300,10 @@ def config_to_dict(cfg: CN) -> dict:
 def changes_since_stored(stored: dict, current: dict) -> list[tuple[str, Any, Any]]:
     """``(KEY, value before KEY existed, current value)`` for each key of ``VALUES_BEFORE_KEY_EXISTED`` that the
     stored config (nested, as :func:`config_to_dict` gives) lacks and whose earlier behaviour the current
-    config does not keep: continuing such a run, or mixing it with new ones, would change its recipe silently."""
+    config does not keep: continuing such a run, or mixing it with new ones, would change its recipe silently.
+    An empty ``stored`` (no config was stored at all) says nothing about the version: no change is reported."""
+    if not stored:
+        return []
     old, new = flatten_config(stored), flatten_config(current)
     return [(key, before, new[key]) for key, (before, in_use) in defaults.VALUES_BEFORE_KEY_EXISTED.items()
             if key not in old and key in new and new[key] != before and (in_use is None or new.get(in_use))]

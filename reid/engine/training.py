@@ -192,7 +192,8 @@ def _resume(trainer: Trainer, folder: RunFolder) -> None:
     except (RuntimeError, KeyError, ValueError) as exc:
         raise CheckpointError(f"Cannot resume from {path}: it does not match this config "
                               f"({summarize_exception(exc)}). {advice}") from exc
-    for key, before, now in changes_since_stored(state.get("config") or {}, config_to_dict(trainer.cfg)):
+    changes = changes_since_stored(state.get("config") or {}, config_to_dict(trainer.cfg))
+    for key, before, now in changes if comm.is_main_process() else ():
         logger.warning(f"--resume: {path} was written before {key} existed; the run used {before!r} and goes on "
                        f"with {now!r}, this version's default. To keep its recipe, resume with {key} {before}.")
     if comm.is_main_process():

@@ -13,7 +13,6 @@ folder. The reference is always the float32 PyTorch model.
 from __future__ import annotations
 
 import copy
-import secrets
 import os
 from contextlib import nullcontext
 from collections.abc import Callable, Sequence
@@ -101,9 +100,9 @@ def _export(weights: str | Path, output: Path, fmt: str, config: str | Path | Cf
             batch: int | None, half: bool, opset: int, verify_images: str | Path | None) -> ExportResult:
     module, cfg = load_exportable(weights, config, opts, "cpu")
     batches = _verification_batches(cfg, batch, verify_images)
-    # Named like atomic_write's temporaries, so that a killed export's leftover is removed by the next command
-    # that locks the folder.
-    tmp = output.with_name(f".{output.name}.{secrets.token_hex(4)}{TMP_SUFFIX}")
+    # One name per target, so the next export to it replaces a killed one's leftover; shaped like atomic_write's
+    # temporaries, so that in a run's folder the next command that takes the lock removes it too.
+    tmp = output.with_name(f".{output.name}.export__{TMP_SUFFIX}")
     try:
         run, operators, forbidden = _write(fmt, module, cfg, tmp, batch, half, opset)
         tolerance = FP16_TOLERANCE if half else FP32_TOLERANCE

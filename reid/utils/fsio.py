@@ -14,6 +14,7 @@ import os
 import re
 import shutil
 import tempfile
+import time
 from pathlib import Path
 from typing import IO, Callable
 
@@ -205,11 +206,17 @@ def _truncate_quietly(fd: int, size: int) -> None:
         pass
 
 
-def remove_stale_temporaries(folder: str | os.PathLike) -> list[Path]:
+#: A temporary file younger than this may belong to a write in progress by a command that does not lock the
+#: folder (extract.py's features, search.py's picture, plot_cmc's plots written into a run's folder): kept.
+STALE_AFTER_SECONDS = 120
+
+
+def remove_stale_temporaries(folder: str | os.PathLike, min_age: float = STALE_AFTER_SECONDS) -> list[Path]:
     """Remove the ``.<name>.<8 chars>.tmp`` files a killed :func:`atomic_write` left directly in ``folder``.
 
-    Only regular files of exactly that pattern go (never links, folders or other files); call it once the
-    folder's run lock is held, when no other writer can be mid-write there. Returns what was removed.
+    Only regular files of exactly that pattern, untouched for ``min_age`` seconds, go (never links, folders or
+    other files); call it once the folder's run lock is held, so that no locked command is mid-write there.
+    Returns what was removed.
     """
     folder = Path(folder)
     removed = []
@@ -220,7 +227,10 @@ def remove_stale_temporaries(folder: str | os.PathLike) -> list[Path]:
     for entry in entries:
         if not _TMP_NAME.match(entry.name) or entry.is_symlink() or not entry.is_file(follow_symlinks=False):
             continue
-        size = entry.stat(follow_symlinks=False).st_size
+        stat = entry.stat(follow_symlinks=False)
+        if time.time() - stat.st_mtime < min_age:
+            continue
+        size = stat.st_size
         try:
             os.unlink(entry.path)
         except FileNotFoundError:

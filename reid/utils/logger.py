@@ -16,24 +16,30 @@ class _LogFileHandler(logging.FileHandler):
     dropped for the rest of the run: the run goes on logging to the console, instead of logging printing its
     own traceback for every line."""
 
+    def __init__(self, path: Path, owner: logging.Logger) -> None:
+        super().__init__(path)
+        self.owner = owner
+        self.dropped = False
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if not self.dropped:  # a dropped handler would reopen the file (mode "a") and fail again
+            super().emit(record)
+
     def handleError(self, record: logging.LogRecord) -> None:
         error = sys.exc_info()[1]
         if not isinstance(error, OSError):
             return super().handleError(record)
+        with self.lock:
+            if self.dropped:
+                return
+            self.dropped = True
         message = describe_write_error(error, self.baseFilename, note="Log lines go to the console only from now on.")
         sys.stderr.write(message + "\n")
-        for logger in _loggers_with(self):
-            logger.removeHandler(self)
+        self.owner.removeHandler(self)
         try:
             self.close()
         except OSError:
             pass  # closing flushes into the same full disk
-
-
-def _loggers_with(handler: logging.Handler) -> list[logging.Logger]:
-    loggers = [logging.getLogger(), *(obj for obj in logging.Logger.manager.loggerDict.values()
-                                      if isinstance(obj, logging.Logger))]
-    return [logger for logger in loggers if handler in logger.handlers]
 
 
 def setup_logger(output_dir: str | Path | None = None, rank: int = 0, name: str = "reid") -> logging.Logger:
@@ -49,7 +55,7 @@ def setup_logger(output_dir: str | Path | None = None, rank: int = 0, name: str 
     logger.addHandler(console)
     if output_dir is not None and rank == 0:
         Path(output_dir).mkdir(parents=True, exist_ok=True)
-        file_handler = _LogFileHandler(Path(output_dir) / "log.txt")
+        file_handler = _LogFileHandler(Path(output_dir) / "log.txt", logger)
         file_handler.setFormatter(logging.Formatter(_FORMAT))
         logger.addHandler(file_handler)
     return logger
