@@ -26,7 +26,15 @@ from torchvision.transforms.v2 import functional as TF
 
 from reid.config.loader import load_config
 from reid.data import build_transforms
-from reid.data.batch_augment import AugmentParams, apply_params, augment_settings, crop_rows, draw_params, pad_images
+from reid.data.batch_augment import (
+    AugmentParams,
+    AugmentSettings,
+    apply_params,
+    augment_settings,
+    crop_rows,
+    draw_params,
+    pad_images,
+)
 from reid.data.transforms import BOT_ERASE_ASPECT, erase_settings
 
 TV_TOLERANCE = 0.06
@@ -244,15 +252,19 @@ def test_flip_and_crop_distributions_match_the_workers_path() -> None:
                                             params.crop_left.numpy()))
 
 
+def random_batch(settings: AugmentSettings, seed: int, num_images: int, batch_size: int):
+    """Random uint8 images of ``settings.size`` (before padding), their padded set, and a batch's indices,
+    parameters and erasing fill."""
+    generator = torch.Generator().manual_seed(seed)
+    images = torch.randint(0, 256, (num_images, 3, *settings.size), dtype=torch.uint8, generator=generator)
+    index = torch.randint(0, num_images, (batch_size,), generator=generator)
+    params = draw_params(generator, batch_size, settings)
+    return images, pad_images(images, settings.padding), index, params, torch.tensor(settings.erase.fill)
+
+
 def test_batch_equals_the_same_parameters_applied_image_by_image() -> None:
-    cfg = config("INPUT.RE_PROB", "0.7")
-    settings = augment_settings(cfg)
-    generator = torch.Generator().manual_seed(3)
-    images = torch.randint(0, 256, (10, 3, 64, 32), dtype=torch.uint8, generator=generator)
-    padded = pad_images(images, settings.padding)
-    index = torch.randint(0, 10, (48,), generator=generator)
-    params = draw_params(generator, 48, settings)
-    fill = torch.tensor(settings.erase.fill)
+    settings = augment_settings(config("INPUT.RE_PROB", "0.7"))
+    images, padded, index, params, fill = random_batch(settings, seed=3, num_images=10, batch_size=48)
     batch = apply_params(padded, index, params, settings, fill)
     assert params.erase_height.gt(0).any() and params.flip.eq(1).any() and params.flip.eq(0).any()
     for b in range(48):
@@ -302,12 +314,7 @@ def test_cuda_batches_equal_cpu_batches() -> None:
     """The same parameters give the same pixels on the GPU (gathers through the byte-window view included)."""
     cfg = config("INPUT.SIZE_TRAIN", "(256, 128)", "INPUT.PADDING", "10", "INPUT.RE_PROB", "0.8")
     settings = augment_settings(cfg)
-    generator = torch.Generator().manual_seed(5)
-    images = torch.randint(0, 256, (300, 3, 256, 128), dtype=torch.uint8, generator=generator)
-    padded = pad_images(images, settings.padding)
-    index = torch.randint(0, 300, (256,), generator=generator)
-    params = draw_params(generator, 256, settings)
-    fill = torch.tensor(settings.erase.fill)
+    _, padded, index, params, fill = random_batch(settings, seed=5, num_images=300, batch_size=256)
     expected = apply_params(padded, index, params, settings, fill)
     cuda_index, cuda_params = AugmentParams.unpack(params.pack(index).cuda())
     for channels_last in (False, True):

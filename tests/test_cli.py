@@ -139,3 +139,15 @@ def test_benchmark_tools_start(tool):
     done = subprocess.run([sys.executable, str(repo / "tools" / f"{tool}.py"), "--help"], capture_output=True,
                           text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
+
+
+def test_benchmarks_describe_the_machine_they_ran_on():
+    import os
+
+    import torch
+
+    from reid.utils.env import describe_machine
+
+    described = describe_machine(torch.device("cpu"))
+    assert described.endswith(f", {os.cpu_count()} cores, {torch.get_num_threads()} torch threads")
+    assert not described.startswith(",")  # a CPU model (or "unknown CPU") comes first

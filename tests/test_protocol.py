@@ -66,6 +66,10 @@ def test_numpy_views_with_negative_strides_are_accepted():
     ({"max_rank": True}, "max_rank"),
     ({"max_rank": 2.5}, "max_rank"),
     ({"memory_budget_bytes": 0}, "memory_budget_bytes"),
+    ({"q_pids": [5]}, "true match"),
+    ({"g_pids": [1]}, "g_pids"),
+    ({"distmat": np.array([[np.nan, 0.0]], dtype=np.float32)}, "NaN"),
+    ({"max_rank": 0}, "max_rank"),
 ])
 def test_invalid_inputs_say_why(bad, message):
     args = {"distmat": np.array([[0.1, 0.2]], dtype=np.float32), "q_pids": [1], "g_pids": [1, 2],

@@ -55,6 +55,7 @@ from reid.evaluation import (  # noqa: E402
     re_ranking,
 )
 from reid.evaluation.reference import evaluate_rank_reference, re_ranking_reference  # noqa: E402
+from reid.utils.env import describe_machine  # noqa: E402
 
 NUM_CAMERAS = 6
 TRAINED_NOISE = 3.2  # noise / centre scale giving Market mAP about 0.78
@@ -324,9 +325,7 @@ def main() -> None:
             if key != "large":  # (q+g)^2 products for a million images: not a re-ranking workload
                 benchmark_rerank(key, args, device, rows)
 
-    machine = (torch.cuda.get_device_name(device) if device.type == "cuda"
-               else f"{args.threads} CPU threads ({os.cpu_count()} cores visible)")
-    print(f"torch {torch.__version__}, {machine}, feature dim {args.dim}; tiny/Market rows: median of "
+    print(f"torch {torch.__version__}, {describe_machine(device)}, feature dim {args.dim}; tiny/Market rows: median of "
           f"{args.repeats} runs after a warm-up, larger rows: median of {args.large_repeats}\n")
     print("| Problem | Function | Time | Peak extra memory | Notes |")
     print("|---|---|---|---|---|")

@@ -13,7 +13,6 @@ Prints Markdown tables.
 from __future__ import annotations
 
 import argparse
-import platform
 import statistics
 import sys
 import time
@@ -29,6 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 from reid.modeling import LocalFeatureMasking  # noqa: E402
 from reid.modeling.regularizers import attach_at_stage  # noqa: E402
+from reid.utils.env import describe_machine  # noqa: E402
 
 
 def parse_args() -> argparse.Namespace:
@@ -52,17 +52,6 @@ def timed(fn: Callable[[], object], device: torch.device) -> float:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     return (time.perf_counter() - start) * 1e3
-
-
-def machine_description(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    try:
-        with open("/proc/cpuinfo") as cpuinfo:
-            model = next(line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name"))
-    except (OSError, StopIteration):
-        model = platform.processor() or "unknown CPU"
-    return f"{model}, {torch.get_num_threads()} threads"
 
 
 def main() -> None:
@@ -138,7 +127,7 @@ def main() -> None:
     precision = "bf16 autocast, channels_last" if device.type == "cuda" else "fp32"
     print(
         f"ResNet-50 (torchvision, random init) forward+backward, batch {args.batch} at "
-        f"{args.height}x{args.width}, {precision}; {machine_description(device)}; torch {torch.__version__}; "
+        f"{args.height}x{args.width}, {precision}; {describe_machine(device)}; torch {torch.__version__}; "
         f"median of {iters} iterations after {warmup} warm-up.\n"
     )
     print("| step | median ms | min ms | vs. no regularizer |")

@@ -29,7 +29,6 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads OpenMP
 
 import argparse  # noqa: E402
 import itertools  # noqa: E402
-import platform  # noqa: E402
 import statistics  # noqa: E402
 import sys  # noqa: E402
 import tempfile  # noqa: E402
@@ -49,6 +48,7 @@ from reid.experiments.synthetic import generate_synthetic  # noqa: E402
 from reid.data.tensor_cache import default_cache_dir  # noqa: E402
 from reid.modeling import ReIDLoss, build_model  # noqa: E402
 from reid.solver import build_optimizer  # noqa: E402
+from reid.utils.env import describe_machine  # noqa: E402
 
 BACKENDS = ("tensor", "workers")
 
@@ -241,17 +241,6 @@ def run_row(row: Row, args: argparse.Namespace, root: str, device: torch.device,
             "train_images": len(data["tensor"].loader.dataset), "workers": workers}
 
 
-def machine_description(device: torch.device) -> str:
-    if device.type == "cuda":
-        return f"{torch.cuda.get_device_name(device)}, {os.cpu_count()} CPU cores"
-    try:
-        with open("/proc/cpuinfo") as cpuinfo:
-            model = next(line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name"))
-    except (OSError, StopIteration):
-        model = platform.processor() or "unknown CPU"
-    return f"{model}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads"
-
-
 def main() -> None:
     args = parse_args()
     device = torch.device(args.device)
@@ -267,7 +256,7 @@ def main() -> None:
     notes: list[str] = []
     reports = [run_row(catalogue[name], args, root, device, notes) for name in names]
 
-    print(f"\n{machine_description(device)}; torch {torch.__version__}; OMP_WAIT_POLICY "
+    print(f"\n{describe_machine(device)}; torch {torch.__version__}; OMP_WAIT_POLICY "
           f"{os.environ['OMP_WAIT_POLICY']}; data {root}; median of {args.rounds} interleaved round(s); images/s.\n")
     print("| row | backend | (a) data path | (b) training step | (c) test extraction |")
     print("|---|---|---:|---:|---:|")

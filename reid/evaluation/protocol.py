@@ -81,6 +81,11 @@ class RankResult:
 # Input checks
 
 
+def as_numpy(value: ArrayLike) -> np.ndarray:
+    """``value`` as a numpy array (a tensor is detached and copied to the host), for drawing and reports."""
+    return value.detach().cpu().numpy() if isinstance(value, torch.Tensor) else np.asarray(value)
+
+
 def as_tensor(value: ArrayLike, name: str) -> torch.Tensor:
     """``value`` as a tensor (numpy arrays share memory where torch allows it)."""
     if isinstance(value, torch.Tensor):

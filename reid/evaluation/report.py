@@ -37,6 +37,7 @@ import numpy as np
 import torch
 
 from reid.evaluation import FeatureDistances, RankResult, evaluate_rank
+from reid.evaluation.protocol import as_numpy
 from reid.evaluation.report_data import (
     REPORT_DATA,
     REPORT_HTML,
@@ -158,7 +159,7 @@ class _Labels:
     def checked(cls, name: str, shape: tuple[int, int], q_pids, g_pids, q_camids, g_camids,
                 q_paths: Sequence[str], g_paths: Sequence[str]) -> _Labels:
         """The labels as int64 numpy arrays, refused unless they have one entry per query / gallery feature."""
-        q_pids, g_pids, q_cams, g_cams = (_to_numpy(a).astype(np.int64).reshape(-1)
+        q_pids, g_pids, q_cams, g_cams = (as_numpy(a).astype(np.int64).reshape(-1)
                                           for a in (q_pids, g_pids, q_camids, g_camids))
         num_q, num_g = shape
         sizes = {len(q_paths): "query paths", len(q_pids): "query pids", len(q_cams): "query camids"}
@@ -317,10 +318,6 @@ def write_comparison_report(run_dirs: Sequence[str | Path], output_path: str | P
     page = render_report_html(runs, title=title or "Comparison of " + ", ".join(label for label, _ in runs),
                               max_rank=max_rank)
     return atomic_write_text(output_path, page)
-
-
-def _to_numpy(x) -> np.ndarray:
-    return x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
 
 
 def _max_norm(features, chunk_rows: int = 4096) -> float:

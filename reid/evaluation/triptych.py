@@ -7,11 +7,10 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-import torch
 
 from reid.data.io import save_picture
 from reid.evaluation.drawing import BACKGROUND_COLOR, CAPTION_SCALE, FONT, MARGIN, TEXT_COLOR, fit_text, text_width
-from reid.evaluation.protocol import RankResult
+from reid.evaluation.protocol import RankResult, as_numpy
 from reid.utils.errors import ReIDError
 
 TRIPTYCH_HEIGHT = 256  # images are upscaled (nearest neighbour, a whole factor) to about this height
@@ -122,7 +121,7 @@ def _triptych_images(clean, adversarial) -> tuple[np.ndarray, np.ndarray]:
     """Both images as float32 (H, W, 3) RGB arrays, checked to be the same size."""
     images = []
     for name, image in (("clean", clean), ("adversarial", adversarial)):
-        array = _to_numpy(image).astype(np.float32)
+        array = as_numpy(image).astype(np.float32)
         if array.ndim != 3 or array.shape[0] != 3:
             raise ReIDError(f"The {name} image of a triptych must be a (3, H, W) RGB image in [0, 1], got shape "
                             f"{tuple(array.shape)}.")
@@ -149,7 +148,3 @@ def _to_bgr8(rgb: np.ndarray) -> np.ndarray:
 
 def _percent(value: float | None) -> str:
     return "n/a" if value is None or not math.isfinite(value) else f"{100 * value:.1f}%"
-
-
-def _to_numpy(x) -> np.ndarray:
-    return x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)

@@ -23,7 +23,6 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-import torch
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
@@ -41,7 +40,7 @@ from reid.evaluation.drawing import (
     legend_height,
     legend_min_width,
 )
-from reid.evaluation.protocol import RankResult
+from reid.evaluation.protocol import RankResult, as_numpy
 from reid.evaluation.rank import evaluate_features, evaluate_rank
 from reid.utils.errors import ReIDError
 from reid.utils.fsio import atomic_write_bytes
@@ -214,7 +213,7 @@ def save_ranked_lists(distmat, q_paths: Sequence[str], g_paths: Sequence[str], q
     ``q{n:03d}_{query name}.jpg`` in selection order.
     """
     # Ranked in float32, as the evaluator compares distances, so the drawn order agrees with its AP.
-    dist = _to_numpy(distmat).astype(np.float32, copy=False)
+    dist = as_numpy(distmat).astype(np.float32, copy=False)
 
     def evaluate() -> RankResult:
         return evaluate_rank(distmat, q_pids, g_pids, q_camids, g_camids, max_rank=1)
@@ -251,7 +250,7 @@ def _save_ranked_lists(rows: DistanceRows, shape: tuple[int, int], evaluate: Eva
                        query_indices, seed: int) -> list[Path]:
     if mode not in MODES:
         raise ReIDError(f"Unknown ranked-list mode '{mode}': use one of {', '.join(MODES)}.")
-    q_pids, g_pids, q_camids, g_camids = (_to_numpy(a) for a in (q_pids, g_pids, q_camids, g_camids))
+    q_pids, g_pids, q_camids, g_camids = (as_numpy(a) for a in (q_pids, g_pids, q_camids, g_camids))
     sizes = {"query paths": len(q_paths), "query pids": len(q_pids), "query camids": len(q_camids)}
     g_sizes = {"gallery paths": len(g_paths), "gallery pids": len(g_pids), "gallery camids": len(g_camids)}
     if set(sizes.values()) != {shape[0]} or set(g_sizes.values()) != {shape[1]}:
@@ -303,8 +302,8 @@ def _choose_queries(evaluate: Evaluate, num_queries: int, mode: str, ap, query_i
         result = evaluate()
         ap, candidates = result.AP, result.query_indices
     else:
-        ap = _to_numpy(ap).astype(float)
-        candidates = np.arange(len(ap)) if query_indices is None else _to_numpy(query_indices).astype(int)
+        ap = as_numpy(ap).astype(float)
+        candidates = np.arange(len(ap)) if query_indices is None else as_numpy(query_indices).astype(int)
         if len(candidates) != len(ap):
             raise ReIDError(f"Ranked lists: ap has {len(ap)} entries but query_indices has {len(candidates)}; "
                             "pass both from the same RankResult.")
@@ -336,7 +335,3 @@ def _render(q_path: str, q_ap: float, q_pid, q_camid, results: list, topk: int) 
     for position, (path, _, is_match, _, _) in enumerate(results, start=1):
         layout.draw(strip, position, path, MATCH_COLOR if is_match else MISMATCH_COLOR, captions[position])
     return compose_with_legend([strip], RANKED_LEGEND)
-
-
-def _to_numpy(x) -> np.ndarray:
-    return x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)

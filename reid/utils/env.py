@@ -1,7 +1,9 @@
-"""Seeding and device choice."""
+"""Seeding, device choice and the description of the machine a figure was measured on."""
 
 from __future__ import annotations
 
+import os
+import platform
 import random
 import secrets
 
@@ -34,3 +36,15 @@ def resolve_device(name: str) -> str:
     if name != "cpu" and not name.startswith("cuda"):
         raise ReIDError(f"DEVICE {name!r} is not understood; use auto, cpu, cuda or cuda:N.")
     return name
+
+
+def describe_machine(device: torch.device) -> str:
+    """What a benchmark ran on: the GPU's name, or the CPU model; with the visible cores and torch's threads."""
+    if device.type == "cuda":
+        return f"{torch.cuda.get_device_name(device)}, {os.cpu_count()} CPU cores"
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            model = next(line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name"))
+    except (OSError, StopIteration):
+        model = platform.processor() or "unknown CPU"
+    return f"{model}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads"
