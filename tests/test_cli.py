@@ -144,10 +144,17 @@ def test_benchmark_tools_start(tool):
 def test_benchmarks_describe_the_machine_they_ran_on():
     import os
 
-    import torch
-
     from reid.utils.env import describe_machine
 
     described = describe_machine(torch.device("cpu"))
     assert described.endswith(f", {os.cpu_count()} cores, {torch.get_num_threads()} torch threads")
     assert not described.startswith(",")  # a CPU model (or "unknown CPU") comes first
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message given when CUDA is missing")
+def test_benchmarks_asked_for_cuda_without_one_stop_with_one_line():
+    repo = Path(__file__).resolve().parents[1]
+    done = subprocess.run([sys.executable, str(repo / "tools" / "benchmark_lfm.py"), "--device", "cuda"],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert "--device is 'cuda' but no CUDA device is available; use --device cpu." in done.stderr

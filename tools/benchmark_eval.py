@@ -55,7 +55,8 @@ from reid.evaluation import (  # noqa: E402
     re_ranking,
 )
 from reid.evaluation.reference import evaluate_rank_reference, re_ranking_reference  # noqa: E402
-from reid.utils.env import describe_machine  # noqa: E402
+from reid.utils.cli import run_cli  # noqa: E402
+from reid.utils.env import describe_machine, resolve_device  # noqa: E402
 
 NUM_CAMERAS = 6
 TRAINED_NOISE = 3.2  # noise / centre scale giving Market mAP about 0.78
@@ -308,9 +309,7 @@ def main() -> None:
     if unknown:
         parser.error(f"unknown size(s) {', '.join(unknown)}; choose from {', '.join(SIZES)}")
     torch.set_num_threads(args.threads)
-    if args.device == "cuda" and not torch.cuda.is_available():
-        raise SystemExit("--device cuda given but no CUDA device is available")
-    device = torch.device(args.device)
+    device = torch.device(resolve_device(args.device, option="--device"))
     rows: list[list[str]] = []
     for key in sizes:
         if SIZES[key].dtype == torch.float16 and device.type != "cuda":
@@ -334,4 +333,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

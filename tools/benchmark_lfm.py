@@ -28,7 +28,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 from reid.modeling import LocalFeatureMasking  # noqa: E402
 from reid.modeling.regularizers import attach_at_stage  # noqa: E402
-from reid.utils.env import describe_machine  # noqa: E402
+from reid.utils.cli import run_cli  # noqa: E402
+from reid.utils.env import describe_machine, resolve_device  # noqa: E402
 
 
 def parse_args() -> argparse.Namespace:
@@ -56,9 +57,7 @@ def timed(fn: Callable[[], object], device: torch.device) -> float:
 
 def main() -> None:
     args = parse_args()
-    device = torch.device(args.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise SystemExit("--device cuda requested but CUDA is not available.")
+    device = torch.device(resolve_device(args.device, option="--device"))
     torch.set_num_threads(args.threads)
     iters = args.iters or (30 if device.type == "cuda" else 3)
     warmup = args.warmup if args.warmup is not None else (10 if device.type == "cuda" else 1)
@@ -145,4 +144,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

@@ -48,7 +48,8 @@ from reid.experiments.synthetic import generate_synthetic  # noqa: E402
 from reid.data.tensor_cache import default_cache_dir  # noqa: E402
 from reid.modeling import ReIDLoss, build_model  # noqa: E402
 from reid.solver import build_optimizer  # noqa: E402
-from reid.utils.env import describe_machine  # noqa: E402
+from reid.utils.cli import run_cli  # noqa: E402
+from reid.utils.env import describe_machine, resolve_device  # noqa: E402
 
 BACKENDS = ("tensor", "workers")
 
@@ -243,9 +244,7 @@ def run_row(row: Row, args: argparse.Namespace, root: str, device: torch.device,
 
 def main() -> None:
     args = parse_args()
-    device = torch.device(args.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise SystemExit("--device cuda requested but CUDA is not available.")
+    device = torch.device(resolve_device(args.device, option="--device"))
     torch.set_num_threads(args.threads)
     catalogue = CUDA_ROWS if device.type == "cuda" else CPU_ROWS
     names = args.rows.split(",") if args.rows else list(catalogue)
@@ -280,4 +279,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

@@ -27,12 +27,13 @@ def random_seed() -> int:
     return secrets.randbits(31)
 
 
-def resolve_device(name: str) -> str:
-    """'auto' -> 'cuda' when available else 'cpu'; asking for CUDA without one is an error, not a fallback."""
+def resolve_device(name: str, option: str = "DEVICE") -> str:
+    """'auto' -> 'cuda' when available else 'cpu'; asking for CUDA without one is an error, not a fallback.
+    ``option`` is what the user set (the config key, or a tool's ``--device``), named in the message."""
     if name == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ReIDError(f"DEVICE is {name!r} but no CUDA device is available; use DEVICE cpu or DEVICE auto.")
+        raise ReIDError(f"{option} is {name!r} but no CUDA device is available; use {option} cpu.")
     if name != "cpu" and not name.startswith("cuda"):
         raise ReIDError(f"DEVICE {name!r} is not understood; use auto, cpu, cuda or cuda:N.")
     return name
